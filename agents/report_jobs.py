@@ -1,0 +1,66 @@
+"""materialise_job_reports: keeps per-job progress and publishes one report per finished job.
+
+Results messages can arrive twice (a redelivered batch is published again) and out of
+order across batches; a snapshot only replaces a smaller one, and a job's report is
+published once, when a terminal snapshot is first seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import orjson
+
+from agents.apply_records import results_topic
+from app.faust_app import app, topics
+from app.settings import get_settings
+from app.sink import TERMINAL_STATES
+from tables.job_progress import job_to_progress, processed
+
+log = logging.getLogger(__name__)
+
+job_reports_topic = app.topic(
+    topics.job_reports, key_serializer="raw", value_serializer="raw",
+    partitions=get_settings().partitions,
+)
+
+
+def next_progress(
+    current: dict[str, Any], snapshot: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """Merge a job snapshot into stored progress; True if a report is now due."""
+    reported = bool(current.get("reported"))
+    if current and processed(snapshot) < processed(current):
+        return current, False
+    merged = {**snapshot, "reported": reported}
+    due = snapshot.get("state") in TERMINAL_STATES and not reported
+    if due:
+        merged["reported"] = True
+    return merged, due
+
+
+def job_report(snapshot: dict[str, Any]) -> bytes:
+    """The job report as published on the job-reports topic."""
+    return orjson.dumps(
+        {k: snapshot.get(k) for k in (
+            "job_id", "target", "operation", "source", "state", "records_received",
+            "succeeded", "failed", "duplicates", "created_at", "accepted_at", "completed_at",
+        )}
+    )
+
+
+@app.agent(results_topic)
+async def materialise_job_reports(results: faust.StreamT[bytes]) -> None:
+    """Track each job's progress; publish its report once it is terminal."""
+    async for value in results:
+        snapshot = orjson.loads(value).get("job")
+        if not snapshot:
+            continue
+        job_id = snapshot["job_id"]
+        merged, due = next_progress(job_to_progress[job_id], snapshot)
+        job_to_progress[job_id] = merged
+        if due:
+            await job_reports_topic.send(key=job_id.encode(), value=job_report(snapshot))
+            log.info("job finished", extra={"job_id": job_id, "state": snapshot["state"]})

@@ -1,0 +1,73 @@
+"""The worker's long-lived resources (pool, sink, codec, metrics endpoint) as one Faust service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import asyncpg
+import faust
+from prometheus_client import start_http_server
+
+from app.database import create_pool, migrate
+from app.faust_app import app
+from app.settings import get_settings
+from app.sink import PostgresSink
+from schemas.envelope import EnvelopeCodec
+from schemas.targets import Target, load_targets
+
+log = logging.getLogger(__name__)
+
+
+class WorkerResources(faust.Service):
+    """Opens the database pool before agents start and closes it after they stop."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        settings = get_settings()
+        self.targets: dict[str, Target] = load_targets(settings.targets_dir)
+        self.codec = EnvelopeCodec(self.targets)
+        self._pool: asyncpg.Pool | None = None
+        self._sink: PostgresSink | None = None
+        self._ready = asyncio.Event()
+
+    async def wait_ready(self) -> None:
+        """Agents may start before app services do: they wait here for the pool."""
+        await self._ready.wait()
+
+    @property
+    def sink(self) -> PostgresSink:
+        """The database sink; only valid once the service has started."""
+        assert self._sink is not None, "WorkerResources not started"
+        return self._sink
+
+    async def on_start(self) -> None:
+        """Connect, create missing tables, expose metrics."""
+        settings = get_settings()
+        _, dsn, _ = settings.require_services()
+        self._pool = await create_pool(dsn, max_size=4)
+        await migrate(self._pool, self.targets)
+        self._sink = PostgresSink(
+            self._pool, self.targets,
+            receiving_grace=timedelta(seconds=settings.receiving_grace_s),
+        )
+        self._ready.set()
+        if settings.worker_metrics_port:
+            try:
+                start_http_server(settings.worker_metrics_port, addr=settings.http_host)
+            except OSError as e:
+                # Metrics are worth a warning, not a worker: a second worker on one host
+                # simply has none unless given its own port.
+                log.warning("worker metrics not served on port %d: %s",
+                            settings.worker_metrics_port, e)
+        log.info("worker resources ready")
+
+    async def on_stop(self) -> None:
+        """Close the pool once the agents no longer need it."""
+        if self._pool is not None:
+            await self._pool.close()
+
+
+resources = WorkerResources()
+app.service(resources)  # type: ignore[arg-type]  # faust accepts instances too

@@ -1,0 +1,1 @@
+"""Sluice: the Faust application, settings, embedded stack and command line."""

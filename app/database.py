@@ -1,0 +1,35 @@
+"""PostgreSQL connection pool and schema set-up, shared by the web and worker processes."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from schemas.sql import JOBS_DDL, statements_for
+from schemas.targets import Target
+
+log = logging.getLogger(__name__)
+
+# Keeps schema creation by several processes at once from racing (CREATE ... IF NOT
+# EXISTS is not safe under concurrency in PostgreSQL).
+_MIGRATION_LOCK_ID = 0x5E1C_E001
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
+    """Open a pool; jit off because the sink's statements are short and jit only costs."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, server_settings={"jit": "off"}
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, targets: dict[str, Target]) -> None:
+    """Create Sluice's bookkeeping tables and every target table that is missing."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+        await conn.execute(JOBS_DDL)
+        for target in targets.values():
+            await conn.execute(statements_for(target).create_table)
+    log.info("schema ready", extra={"targets": sorted(targets)})

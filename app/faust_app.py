@@ -1,0 +1,40 @@
+"""The one Faust application; agents, tables and services import ``app`` from here."""
+
+from __future__ import annotations
+
+import faust
+
+from app.settings import get_settings
+from app.topics import TopicNames
+
+
+def create_app() -> faust.App:
+    """Build the Faust app from settings (Kafka must be configured)."""
+    settings = get_settings()
+    kafka, _, _ = settings.require_services()
+    datadir = settings.data_dir / "worker" / settings.worker_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    brokers = [f"kafka://{hostport.strip()}" for hostport in kafka.split(",")]
+    return faust.App(
+        settings.worker_id,
+        broker=brokers,
+        store=settings.table_store,
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        # Faust's own web server is off: the worker exposes /metrics on its own port.
+        web_enabled=False,
+        # A new group join costs 3-5 s on the embedded broker; short timeouts keep
+        # rebalances after a worker death near the low end of that range.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=5.0,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=0.005,
+    )
+
+
+app = create_app()
+topics = TopicNames(get_settings().topic_prefix)

@@ -1,0 +1,74 @@
+"""Job bookkeeping queries: create and seal a submission, read status and results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+RESULT_STATUSES = ("succeeded", "failed", "duplicate")
+
+
+async def create_receiving_job(
+    pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int
+) -> None:
+    """Record a job whose envelopes are about to be produced; the worker holds them until sealed."""
+    await pool.execute(
+        "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received)"
+        " VALUES ($1, $2, $3, 'http', 'receiving', $4)",
+        job_id, target, operation, records,
+    )
+
+
+async def seal_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
+    """Every envelope is in Kafka: let the worker apply them."""
+    row = await pool.fetchrow(
+        "UPDATE sluice_jobs SET state = 'accepted', accepted_at = now(), updated_at = now()"
+        " WHERE job_id = $1 AND state = 'receiving' RETURNING *",
+        job_id,
+    )
+    if row is None:
+        raise LookupError(job_id)
+    return dict(row)
+
+
+async def fail_job(pool: asyncpg.Pool, job_id: str, reason: str) -> None:
+    """A submission that could not be completed: none of its records will be applied."""
+    await pool.execute(
+        "UPDATE sluice_jobs SET state = 'failed', reason = $2, completed_at = now(),"
+        " updated_at = now() WHERE job_id = $1 AND state = 'receiving'",
+        job_id, reason,
+    )
+
+
+async def get_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+    """A job row, or None."""
+    row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1", job_id)
+    return dict(row) if row is not None else None
+
+
+async def iter_results(
+    pool: asyncpg.Pool, job_id: str, status: str | None, *, prefetch: int = 5000
+) -> AsyncIterator[asyncpg.Record]:
+    """Stream a job's per-record outcomes in index order, without loading them all."""
+    query = "SELECT idx, status, key, code, message FROM sluice_record_results WHERE job_id = $1"
+    args: list[Any] = [job_id]
+    if status is not None:
+        query += " AND status = $2"
+        args.append(status)
+    query += " ORDER BY idx"
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        async for record in conn.cursor(query, *args, prefetch=prefetch):
+            yield record
+
+
+async def pending_work(pool: asyncpg.Pool) -> tuple[int, float]:
+    """(records accepted without an outcome, age in seconds of the oldest unfinished job)."""
+    row = await pool.fetchrow(
+        "SELECT coalesce(sum(records_received - succeeded - failed - duplicates), 0) AS depth,"
+        " coalesce(extract(epoch FROM now() - min(accepted_at)), 0) AS age"
+        " FROM sluice_jobs WHERE source = 'http' AND state IN ('accepted', 'processing')"
+    )
+    assert row is not None
+    return int(row["depth"]), float(row["age"])

@@ -1,0 +1,45 @@
+"""Every Prometheus collector Sluice exports, built in one place with explicit buckets."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Seconds. HTTP submissions of large payloads take seconds; status reads take
+# milliseconds: the buckets span both.
+HTTP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Seconds. One batch write of 500-2,000 rows takes 5-50 ms when PostgreSQL is healthy;
+# the tail catches retries during an outage.
+BATCH_SECONDS_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5, 30)
+# Seconds between a record reaching Kafka and its batch being written.
+AGE_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+http_requests = Counter(
+    "sluice_http_requests_total", "HTTP requests answered.", ["route", "status"]
+)
+http_seconds = Histogram(
+    "sluice_http_request_seconds", "HTTP request latency.", ["route"],
+    buckets=HTTP_SECONDS_BUCKETS,
+)
+records_received = Counter(
+    "sluice_records_received_total", "Records accepted into Kafka.", ["target", "source"]
+)
+records_written = Counter(
+    "sluice_records_processed_total", "Records with a final outcome.", ["target", "status"]
+)
+batch_seconds = Histogram(
+    "sluice_batch_write_seconds", "One database transaction of the sink.",
+    buckets=BATCH_SECONDS_BUCKETS,
+)
+message_age = Histogram(
+    "sluice_message_age_seconds", "Age of an envelope when its batch is written.",
+    buckets=AGE_SECONDS_BUCKETS,
+)
+write_retries = Counter(
+    "sluice_write_retries_total", "Batch writes retried after a transient failure.", ["reason"]
+)
+queue_depth = Gauge(
+    "sluice_queue_depth_records", "Records accepted but without an outcome yet."
+)
+oldest_pending_age = Gauge(
+    "sluice_oldest_pending_job_seconds", "Age of the oldest accepted job not yet finished."
+)

@@ -1,0 +1,1 @@
+"""Target schemas (Avro), record conversion, keys and hashes: pure code, no I/O."""

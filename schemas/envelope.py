@@ -1,0 +1,138 @@
+"""The record envelope: how records travel through the records topic, many per message.
+
+One Kafka message per record caps a Faust worker near 9,000 records/s, so the ingress
+packs up to a batch of records bound for one partition into one envelope. Row values
+are carried as JSON-native values (timestamps as epoch microseconds, dates as epoch
+days) so that decoding needs no string parsing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from app.errors import SluiceError
+from schemas.targets import ColumnType, Target
+
+ENVELOPE_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
+_ONE_US = timedelta(microseconds=1)
+
+
+class EnvelopeError(SluiceError):
+    """An envelope on the records topic that cannot be decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One record inside an envelope."""
+
+    index: int
+    """Position in the submitted payload (or the source offset for producer records)."""
+    row: tuple[Any, ...] | None
+    """Converted values in column order; None when the record failed validation."""
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Records of one job, one target and one operation, all bound for one partition."""
+
+    job_id: str
+    target: str
+    operation: str
+    items: Sequence[Item]
+    source_topic: str | None = None
+    """Set for records that producers wrote to an input topic."""
+    source_partition: int | None = None
+
+
+def _to_wire(column_type: ColumnType) -> Callable[[Any], Any] | None:
+    if column_type in (ColumnType.TIMESTAMP_MILLIS, ColumnType.TIMESTAMP_MICROS):
+        return lambda v: None if v is None else (v - _EPOCH) // _ONE_US
+    if column_type is ColumnType.DATE:
+        return lambda v: None if v is None else (v - _EPOCH_DAY).days
+    return None
+
+
+def _from_wire(column_type: ColumnType) -> Callable[[Any], Any] | None:
+    if column_type in (ColumnType.TIMESTAMP_MILLIS, ColumnType.TIMESTAMP_MICROS):
+        return lambda v: None if v is None else _EPOCH + timedelta(microseconds=v)
+    if column_type is ColumnType.DATE:
+        return lambda v: None if v is None else _EPOCH_DAY + timedelta(days=v)
+    return None
+
+
+class EnvelopeCodec:
+    """Encodes and decodes envelopes for the targets it knows, column conversions precomputed."""
+
+    def __init__(self, targets: dict[str, Target]) -> None:
+        self._to_wire = {
+            name: [(i, f) for i, c in enumerate(t.columns) if (f := _to_wire(c.type))]
+            for name, t in targets.items()
+        }
+        self._from_wire = {
+            name: [(i, f) for i, c in enumerate(t.columns) if (f := _from_wire(c.type))]
+            for name, t in targets.items()
+        }
+
+    def encode(self, envelope: Envelope) -> bytes:
+        """Serialise an envelope for the records topic."""
+        conversions = self._to_wire[envelope.target]
+        items: list[list[Any]] = []
+        append = items.append
+        for item in envelope.items:
+            row: list[Any] | None = None
+            if item.row is not None:
+                row = list(item.row)
+                for i, convert in conversions:
+                    row[i] = convert(row[i])
+            append([item.index, row, item.error_code, item.error_message])
+        return orjson.dumps(
+            {
+                "v": ENVELOPE_VERSION,
+                "job": envelope.job_id,
+                "target": envelope.target,
+                "op": envelope.operation,
+                "src": [envelope.source_topic, envelope.source_partition]
+                if envelope.source_topic is not None
+                else None,
+                "items": items,
+            }
+        )
+
+    def decode(self, data: bytes) -> Envelope:
+        """Parse an envelope; EnvelopeError if it is not one this version understands."""
+        try:
+            doc = orjson.loads(data)
+            if doc.get("v") != ENVELOPE_VERSION:
+                raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}")
+            target = doc["target"]
+            conversions = self._from_wire[target]
+            items = []
+            append = items.append
+            for index, row, code, message in doc["items"]:
+                if row is not None:
+                    for i, convert in conversions:
+                        row[i] = convert(row[i])
+                    row = tuple(row)
+                append(Item(index, row, code, message))
+            src = doc.get("src")
+            return Envelope(
+                job_id=doc["job"],
+                target=target,
+                operation=doc["op"],
+                items=items,
+                source_topic=src[0] if src else None,
+                source_partition=src[1] if src else None,
+            )
+        except EnvelopeError:
+            raise
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise EnvelopeError(f"malformed envelope: {type(e).__name__}") from e

@@ -1,0 +1,67 @@
+"""Turning one raw record into an envelope item bound for a partition: pure and per-record hot."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from schemas.envelope import Item
+from schemas.identity import partition_for
+from schemas.targets import Target
+from schemas.validation import RecordConverter, RecordInvalid
+
+OPERATIONS = ("insert", "upsert", "delete")
+
+
+def key_only(target: Target) -> Target:
+    """The target seen by a delete: only its key columns are needed, or allowed."""
+    return replace(target, columns=tuple(c for c in target.columns if c.name in target.key))
+
+
+class RecordPreparer:
+    """Converts raw records of one target and operation into items and their partition.
+
+    A delete carries only the key; its row is widened to the full column layout with
+    None elsewhere so every later stage sees one row shape per target.
+    """
+
+    def __init__(self, target: Target, operation: str, partitions: int) -> None:
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}")
+        self.target = target
+        self.operation = operation
+        self._partitions = partitions
+        self._key_indexes = target.key_indexes
+        if operation == "delete":
+            narrow = key_only(target)
+            self._converter = RecordConverter(narrow)
+            positions = [target.column_names.index(n) for n in narrow.column_names]
+            width = len(target.columns)
+            self._widen: Any = lambda row: _widen(row, positions, width)
+        else:
+            self._converter = RecordConverter(target)
+            self._widen = None
+
+    def prepare(self, index: int, raw: Any, textual: bool = False) -> tuple[int, Item]:
+        """Return (partition, item); a record that fails validation becomes a failed item.
+
+        Failed items go to partition ``index % partitions``: they carry no key, and
+        spreading them keeps no partition waiting on another.
+        """
+        try:
+            row = (
+                self._converter.from_text(raw) if textual else self._converter.from_json(raw)
+            )
+        except RecordInvalid as e:
+            return index % self._partitions, Item(index, None, e.code, e.message)
+        if self._widen is not None:
+            row = self._widen(row)
+        key = tuple(row[i] for i in self._key_indexes)
+        return partition_for(self.target.name, key, self._partitions), Item(index, row)
+
+
+def _widen(row: tuple[Any, ...], positions: list[int], width: int) -> tuple[Any, ...]:
+    full: list[Any] = [None] * width
+    for value, position in zip(row, positions, strict=True):
+        full[position] = value
+    return tuple(full)

@@ -1,0 +1,1 @@
+"""Changelog-backed Faust tables, named for the mapping they hold."""

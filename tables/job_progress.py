@@ -1,0 +1,23 @@
+"""job_to_progress: the latest known counts of each job, as the report agent saw them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.faust_app import app
+from app.settings import get_settings
+
+job_to_progress = app.Table(
+    "job_to_progress",
+    default=dict,
+    key_type=str,
+    value_type=dict,
+    partitions=get_settings().partitions,
+    help="job id -> {state, records_received, succeeded, failed, duplicates, reported}.",
+)
+
+
+def processed(progress: dict[str, Any]) -> int:
+    """Records of a job with an outcome: progress only ever grows."""
+    return int(progress.get("succeeded", 0) + progress.get("failed", 0)
+               + progress.get("duplicates", 0))

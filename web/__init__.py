@@ -1,0 +1,1 @@
+"""HTTP ingress: the aiohttp application, its views and payload decoding."""

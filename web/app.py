@@ -1,0 +1,79 @@
+"""The aiohttp application factory: routes, middlewares and resources in cleanup contexts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as redis
+from aiohttp import web
+
+from app.database import create_pool, migrate
+from app.kafka import all_topics, create_producer, ensure_topics
+from app.settings import Settings
+from app.topics import TopicNames
+from schemas.envelope import EnvelopeCodec
+from schemas.targets import load_targets
+from web import views
+from web.idempotency import IdempotencyStore
+from web.problems import problem_middleware
+from web.submission import SubmissionContext
+from web.typedefs import (
+    idempotency_key,
+    pool_key,
+    producer_key,
+    redis_key,
+    settings_key,
+    submission_key,
+    targets_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    kafka, dsn, redis_url = settings.require_services()
+    targets = load_targets(settings.targets_dir)
+    names = TopicNames(settings.topic_prefix)
+    pool = await create_pool(dsn, max_size=10)
+    await migrate(pool, targets)
+    await ensure_topics(kafka, all_topics(names, sorted(targets)), settings.partitions)
+    client = redis.from_url(redis_url)
+    producer = create_producer(kafka)
+    await producer.start()
+    app[targets_key] = targets
+    app[pool_key] = pool
+    app[redis_key] = client
+    app[producer_key] = producer
+    app[idempotency_key] = IdempotencyStore(client, settings.idempotency_ttl_s)
+    app[submission_key] = SubmissionContext(
+        pool=pool, producer=producer, codec=EnvelopeCodec(targets), targets=targets,
+        records_topic=names.records, partitions=settings.partitions,
+        batch_size=settings.batch_size, spool_dir=settings.data_dir / "spool",
+    )
+    log.info("web resources ready", extra={"targets": sorted(targets)})
+    try:
+        yield
+    finally:
+        await producer.stop()
+        await client.aclose()
+        await pool.close()
+
+
+def create_web_app(settings: Settings) -> web.Application:
+    """Build the HTTP application; resources open when it starts."""
+    app = web.Application(
+        middlewares=[views.metrics_middleware, problem_middleware],
+        # The body is streamed and limited by max_body_bytes ourselves.
+        client_max_size=settings.max_body_bytes + 1,
+    )
+    app[settings_key] = settings
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/bulk-operations", views.submit_bulk_operation)
+    app.router.add_get("/v1/bulk-operations/{job_id}", views.get_bulk_operation)
+    app.router.add_get("/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results)
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/readyz", views.readyz)
+    app.router.add_get("/metrics", views.prometheus_metrics)
+    return app

@@ -1,0 +1,89 @@
+"""RFC 9457 problem details: the one place HTTP errors are shaped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from app.errors import SluiceError
+from web.payloads import PayloadError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE_BASE = "https://sluice.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class Problem(SluiceError):
+    """An HTTP-level failure the client can act on."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.slug = slug or title.lower().replace(" ", "-")
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(problem: Problem, instance: str) -> web.Response:
+    """Render a Problem as application/problem+json."""
+    body = {
+        "type": PROBLEM_TYPE_BASE + problem.slug,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": instance,
+        **problem.extra,
+    }
+    return web.Response(
+        status=problem.status,
+        body=orjson.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+_PAYLOAD_SLUGS = {400: "malformed-payload", 413: "payload-too-large",
+                  415: "unsupported-media-type", 422: "unprocessable-payload"}
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn every error raised by a view into problem+json; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except Problem as p:
+        return problem_response(p, request.path)
+    except PayloadError as e:
+        return problem_response(
+            Problem(e.status, e.title, e.detail, slug=_PAYLOAD_SLUGS.get(e.status)), request.path
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return problem_response(
+            Problem(e.status, e.reason, e.text or e.reason, headers=dict(e.headers) | {}),
+            request.path,
+        )
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return problem_response(
+            Problem(500, "Internal error", "the server failed; the error is logged"), request.path
+        )

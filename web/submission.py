@@ -1,0 +1,204 @@
+"""A bulk submission: decode the body as a stream, spool envelopes, produce them, seal the job.
+
+Envelopes are spooled to a temporary file while the body is read, and produced only
+once the whole body has parsed: a payload rejected at its last byte (bad JSON, over
+the size limit) has then written nothing to Kafka, and memory stays flat whatever the
+payload size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from app import jobs, metrics
+from schemas.envelope import Envelope, EnvelopeCodec, Item
+from schemas.preparation import OPERATIONS, RecordPreparer
+from schemas.targets import Target
+from web.payloads import MalformedRecord, PayloadReader
+from web.problems import Problem
+
+log = logging.getLogger(__name__)
+
+_FRAME = struct.Struct("!II")  # partition, length
+
+
+class Spool:
+    """Encoded envelopes on disk, in the order they were made."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)
+        self.envelopes = 0
+
+    def append(self, partition: int, data: bytes) -> None:
+        """Add one encoded envelope bound for ``partition``."""
+        self._file.write(_FRAME.pack(partition, len(data)))
+        self._file.write(data)
+        self.envelopes += 1
+
+    def replay(self) -> Iterator[tuple[int, bytes]]:
+        """Read the envelopes back, in order."""
+        self._file.flush()
+        self._file.seek(0)
+        while header := self._file.read(_FRAME.size):
+            partition, length = _FRAME.unpack(header)
+            yield partition, self._file.read(length)
+
+    def close(self) -> None:
+        """Delete the spool file."""
+        self._file.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionContext:
+    """What a submission needs from the running web process."""
+
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    codec: EnvelopeCodec
+    targets: dict[str, Target]
+    records_topic: str
+    partitions: int
+    batch_size: int
+    spool_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A job whose records are all durably in Kafka."""
+
+    job_id: str
+    target: str
+    operation: str
+    records: int
+
+
+def resolve_target(
+    targets: dict[str, Target],
+    query_target: str | None, query_operation: str | None,
+    body_target: str | None, body_operation: str | None,
+) -> tuple[Target, str]:
+    """Pick target and operation from the query string or the JSON envelope; they must agree."""
+    for name, q, b in (("target", query_target, body_target),
+                       ("operation", query_operation, body_operation)):
+        if q and b and q != b:
+            raise Problem(422, "Conflicting parameters",
+                          f"{name} is {q!r} in the query string but {b!r} in the body",
+                          slug="conflicting-parameters")
+    target_name = query_target or body_target
+    operation = query_operation or body_operation or "insert"
+    if not target_name:
+        raise Problem(422, "Missing target", "give ?target=NAME or \"target\" in the body",
+                      slug="missing-target")
+    if target_name not in targets:
+        raise Problem(422, "Unknown target", f"no target named {target_name!r}",
+                      slug="unknown-target", known_targets=sorted(targets))
+    if operation not in OPERATIONS:
+        raise Problem(422, "Unknown operation",
+                      f"operation must be one of {', '.join(OPERATIONS)}", slug="unknown-operation")
+    return targets[target_name], operation
+
+
+async def spool_payload(
+    ctx: SubmissionContext, reader: PayloadReader, job_id: str,
+    query_target: str | None, query_operation: str | None, spool: Spool,
+) -> tuple[Target, str, int]:
+    """Decode, validate and pack every record; return (target, operation, record count)."""
+    buffers: list[list[Item]] = [[] for _ in range(ctx.partitions)]
+    preparer: RecordPreparer | None = None
+    count = 0
+
+    def flush(partition: int) -> None:
+        assert preparer is not None
+        envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition])
+        spool.append(partition, ctx.codec.encode(envelope))
+        buffers[partition] = []
+
+    async for record in reader.records():
+        if preparer is None:
+            target, operation = resolve_target(
+                ctx.targets, query_target, query_operation, reader.target, reader.operation
+            )
+            preparer = RecordPreparer(target, operation, ctx.partitions)
+        if isinstance(record, MalformedRecord):
+            partition = record.index % ctx.partitions
+            item = Item(record.index, None, record.code, record.message)
+        else:
+            partition, item = preparer.prepare(record.index, record.value, record.textual)
+        buffer = buffers[partition]
+        buffer.append(item)
+        count += 1
+        if len(buffer) >= ctx.batch_size:
+            flush(partition)
+    if preparer is None:
+        # No record at all: still check the parameters so a typo gets its own error.
+        resolve_target(ctx.targets, query_target, query_operation, reader.target, reader.operation)
+        raise Problem(422, "Empty payload", "the payload holds no records", slug="empty-payload")
+    for partition, buffer in enumerate(buffers):
+        if buffer:
+            flush(partition)
+    return preparer.target, preparer.operation, count
+
+
+async def produce_spool(ctx: SubmissionContext, spool: Spool) -> None:
+    """Send every spooled envelope and wait until the broker has acknowledged each."""
+    pending: list[asyncio.Future[object]] = []
+    for partition, data in spool.replay():
+        pending.append(await ctx.producer.send(
+            ctx.records_topic, value=data, key=str(partition).encode(), partition=partition
+        ))
+        if len(pending) >= 256:  # bound what waits in memory
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+
+
+async def submit(
+    ctx: SubmissionContext, reader: PayloadReader,
+    query_target: str | None, query_operation: str | None,
+) -> Accepted:
+    """Run one submission to the point where it is safe to answer 202."""
+    job_id = str(uuid.uuid4())
+    spool = Spool(ctx.spool_dir)
+    try:
+        target, operation, count = await spool_payload(
+            ctx, reader, job_id, query_target, query_operation, spool
+        )
+        await jobs.create_receiving_job(ctx.pool, job_id, target.name, operation, count)
+        try:
+            await produce_spool(ctx, spool)
+        except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
+            await asyncio.shield(jobs.fail_job(ctx.pool, job_id, "broker unavailable during submission"))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise Problem(503, "Broker unavailable",
+                          "records could not be written to Kafka; nothing was accepted",
+                          slug="broker-unavailable", headers={"Retry-After": "5"}) from e
+        await jobs.seal_job(ctx.pool, job_id)
+    finally:
+        spool.close()
+    metrics.records_received.labels(target.name, "http").inc(count)
+    log.info("job accepted", extra={"job_id": job_id, "target": target.name,
+                                    "operation": operation, "records": count})
+    return Accepted(job_id, target.name, operation, count)
+
+
+async def body_chunks(content: AsyncIterator[bytes], fingerprint: object | None) -> AsyncIterator[bytes]:
+    """Pass body chunks through, feeding the idempotency fingerprint on the way."""
+    update = getattr(fingerprint, "update", None)
+    async for chunk in content:
+        if update is not None:
+            update(chunk)
+        yield chunk

@@ -1,0 +1,229 @@
+"""HTTP views: thin translations between requests and the submission and job modules."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import jobs, metrics
+from web.idempotency import IN_FLIGHT, Fingerprint, StoredResponse
+from web.payloads import PayloadReader, media_type_for
+from web.problems import Problem
+from web.submission import body_chunks, submit
+from web.typedefs import (
+    idempotency_key,
+    pool_key,
+    producer_key,
+    redis_key,
+    settings_key,
+    submission_key,
+)
+
+BODY_CHUNK_BYTES = 256 * 1024
+IDEMPOTENCY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _job_links(request: web.Request, job_id: str) -> dict[str, str]:
+    base = f"/v1/bulk-operations/{job_id}"
+    return {"self": base, "results": f"{base}/results"}
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    for header in IDEMPOTENCY_HEADERS:
+        value = request.headers.get(header)
+        if value is not None:
+            if not 0 < len(value) <= 255:
+                raise Problem(400, "Bad idempotency key",
+                              "an idempotency key is 1 to 255 characters", slug="bad-idempotency-key")
+            return value
+    return None
+
+
+async def _drain_fingerprint(request: web.Request, fingerprint: Fingerprint, limit: int) -> None:
+    """Hash a repeated request's body without processing it, to compare with the first."""
+    seen = 0
+    async for chunk in request.content.iter_chunked(BODY_CHUNK_BYTES):
+        seen += len(chunk)
+        if seen > limit:
+            raise Problem(413, "Payload too large", f"the body exceeds {limit} bytes",
+                          slug="payload-too-large")
+        fingerprint.update(chunk)
+
+
+async def submit_bulk_operation(request: web.Request) -> web.Response:
+    """POST /v1/bulk-operations: 202 once every record is durably in Kafka."""
+    settings = request.app[settings_key]
+    media_type = media_type_for(request.headers.get("Content-Type"))
+    query_target = request.query.get("target")
+    query_operation = request.query.get("operation")
+    key = _idempotency_key(request)
+    fingerprint = Fingerprint(
+        request.path, query_target or "", query_operation or "", media_type.value,
+        request.headers.get("Content-Encoding", ""),
+    )
+    store = request.app[idempotency_key]
+    if key is not None:
+        existing = await store.claim(key)
+        if existing == IN_FLIGHT:
+            raise Problem(409, "Request in progress",
+                          "a request with this idempotency key is still being processed",
+                          slug="idempotency-in-flight", headers={"Retry-After": "1"})
+        if isinstance(existing, StoredResponse):
+            await _drain_fingerprint(request, fingerprint, settings.max_body_bytes)
+            if fingerprint.hexdigest() != existing.fingerprint:
+                raise Problem(422, "Idempotency key reused",
+                              "this idempotency key was used with a different payload",
+                              slug="idempotency-key-reused")
+            return _json(existing.body, existing.status,
+                         {"Location": existing.location, "Idempotent-Replayed": "true"})
+    try:
+        reader = PayloadReader(
+            body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES), fingerprint),
+            media_type,
+            content_encoding=request.headers.get("Content-Encoding"),
+            max_bytes=settings.max_body_bytes,
+        )
+        try:
+            async with asyncio.timeout(settings.submission_timeout_s):
+                accepted = await submit(
+                    request.app[submission_key], reader, query_target, query_operation
+                )
+        except TimeoutError as e:
+            raise Problem(408, "Submission timed out",
+                          f"the submission did not complete within "
+                          f"{settings.submission_timeout_s:g} s; nothing was accepted",
+                          slug="submission-timeout") from e
+    except BaseException:
+        if key is not None:
+            await asyncio.shield(store.release(key))
+        raise
+    links = _job_links(request, accepted.job_id)
+    body = {"job_id": accepted.job_id, "state": "accepted", "target": accepted.target,
+            "operation": accepted.operation, "records_received": accepted.records,
+            "links": links}
+    if key is not None:
+        await store.complete(key, StoredResponse(fingerprint.hexdigest(), 202, body, links["self"]))
+    return _json(body, 202, {"Location": links["self"]})
+
+
+def _job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job_id": job["job_id"],
+        "target": job["target"],
+        "operation": job["operation"],
+        "source": job["source"],
+        "state": job["state"],
+        "counts": {
+            "received": job["records_received"],
+            "succeeded": job["succeeded"],
+            "failed": job["failed"],
+            "duplicates": job["duplicates"],
+        },
+        "reason": job["reason"],
+        "created_at": job["created_at"],
+        "accepted_at": job["accepted_at"],
+        "updated_at": job["updated_at"],
+        "completed_at": job["completed_at"],
+        "links": _job_links(request, job["job_id"]),
+    }
+
+
+async def _existing_job(request: web.Request) -> dict[str, Any]:
+    job_id = request.match_info["job_id"]
+    job = await jobs.get_job(request.app[pool_key], job_id)
+    if job is None or job["state"] == "receiving":
+        raise Problem(404, "Job not found", f"no job {job_id!r}", slug="job-not-found")
+    return job
+
+
+async def get_bulk_operation(request: web.Request) -> web.Response:
+    """GET /v1/bulk-operations/{job_id}: state, counts and timestamps."""
+    return _json(_job_body(request, await _existing_job(request)))
+
+
+async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse:
+    """GET /v1/bulk-operations/{job_id}/results: NDJSON outcomes in index order."""
+    status = request.query.get("status", "all")
+    if status != "all" and status not in jobs.RESULT_STATUSES:
+        raise Problem(400, "Bad status filter",
+                      f"status must be all or one of {', '.join(jobs.RESULT_STATUSES)}",
+                      slug="bad-status-filter")
+    job = await _existing_job(request)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    lines: list[bytes] = []
+    async for r in jobs.iter_results(request.app[pool_key], job["job_id"],
+                                     None if status == "all" else status):
+        line: dict[str, Any] = {"index": r["idx"], "status": r["status"],
+                                "key": orjson.Fragment(r["key"]) if r["key"] else None}
+        if r["code"] is not None:
+            line["code"] = r["code"]
+            line["message"] = r["message"]
+        lines.append(orjson.dumps(line))
+        if len(lines) >= 1000:
+            await response.write(b"\n".join(lines) + b"\n")
+            lines.clear()
+    if lines:
+        await response.write(b"\n".join(lines) + b"\n")
+    await response.write_eof()
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process is up."""
+    return _json({"status": "ok"})
+
+
+async def _check(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        async with asyncio.timeout(2):
+            await probe
+        return name, "ok"
+    except Exception as e:  # noqa: BLE001 - any failure means "not ready"
+        return name, f"unavailable: {type(e).__name__}"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: PostgreSQL, Redis and Kafka all answer."""
+    settings = request.app[settings_key]
+    producer = request.app[producer_key]
+    checks = dict(await asyncio.gather(
+        _check("postgresql", request.app[pool_key].fetchval("SELECT 1")),
+        _check("redis", request.app[redis_key].ping()),
+        _check("kafka", producer.partitions_for(f"{settings.topic_prefix}.records")),
+    ))
+    ready = all(v == "ok" for v in checks.values())
+    return _json({"status": "ready" if ready else "unavailable", "checks": checks},
+                 200 if ready else 503)
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format, queue gauges refreshed on scrape."""
+    try:
+        depth, age = await jobs.pending_work(request.app[pool_key])
+        metrics.queue_depth.set(depth)
+        metrics.oldest_pending_age.set(age)
+    except Exception:  # noqa: BLE001 - metrics must answer even when PostgreSQL does not
+        pass
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count and time every request by route."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    response: web.StreamResponse = await handler(request)
+    metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+    metrics.http_requests.labels(route, str(response.status)).inc()
+    return response
