@@ -11,18 +11,16 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 import faust
-import orjson
 
+from agents.batching import chunk_by_records, result_messages
 from agents.resources import resources
 from app import metrics
 from app.faust_app import app, topics
 from app.settings import get_settings
-from app.sink import BatchResult, JobNotSealed, Outcome
+from app.sink import BatchResult, JobNotSealed
 from schemas.envelope import Envelope, EnvelopeError
 from tables.record_hashes import now, remember_applied, was_applied_recently
 
@@ -42,54 +40,6 @@ MAX_ENVELOPES_PER_TAKE = 32
 
 _TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
               asyncpg.CannotConnectNowError, asyncpg.PostgresError, asyncio.TimeoutError)
-
-
-def chunk_by_records(envelopes: Sequence[Envelope], limit: int) -> list[list[Envelope]]:
-    """Group whole envelopes into chunks of at most ``limit`` records (one envelope may exceed it)."""
-    chunks: list[list[Envelope]] = []
-    current: list[Envelope] = []
-    size = 0
-    for envelope in envelopes:
-        if current and size + len(envelope.items) > limit:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(envelope)
-        size += len(envelope.items)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def result_messages(
-    result: BatchResult, envelopes: Sequence[Envelope]
-) -> list[tuple[str, bytes]]:
-    """One results-topic message per job in the batch: its outcomes and job snapshot."""
-    sources = {e.job_id: (e.target, e.operation, e.source_topic, e.source_partition)
-               for e in envelopes}
-    by_job: dict[str, list[Outcome]] = defaultdict(list)
-    for outcome in (*result.replayed, *result.outcomes):
-        by_job[outcome.job_id].append(outcome)
-    messages = []
-    for job_id, outcomes in by_job.items():
-        target, operation, source_topic, source_partition = sources[job_id]
-        outcomes.sort(key=lambda o: o.index)
-        doc: dict[str, Any] = {
-            "job_id": job_id,
-            "target": target,
-            "operation": operation,
-            "source": None
-            if source_topic is None
-            else {"topic": source_topic, "partition": source_partition},
-            "outcomes": [
-                {"index": o.index, "status": o.status,
-                 "key": orjson.Fragment(o.key) if o.key else None,
-                 "code": o.code, "message": o.message}
-                for o in outcomes
-            ],
-            "job": result.jobs.get(job_id),
-        }
-        messages.append((job_id, orjson.dumps(doc, default=str)))
-    return messages
 
 
 async def write_until_committed(envelopes: list[Envelope]) -> BatchResult:

@@ -8,16 +8,15 @@ published once, when a terminal snapshot is first seen.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import faust
 import orjson
 
 from agents.apply_records import results_topic
+from agents.progress import job_report, next_progress
 from app.faust_app import app, topics
 from app.settings import get_settings
-from app.sink import TERMINAL_STATES
-from tables.job_progress import job_to_progress, processed
+from tables.job_progress import job_to_progress
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +24,6 @@ job_reports_topic = app.topic(
     topics.job_reports, key_serializer="raw", value_serializer="raw",
     partitions=get_settings().partitions,
 )
-
-
-def next_progress(
-    current: dict[str, Any], snapshot: dict[str, Any]
-) -> tuple[dict[str, Any], bool]:
-    """Merge a job snapshot into stored progress; True if a report is now due."""
-    reported = bool(current.get("reported"))
-    if current and processed(snapshot) < processed(current):
-        return current, False
-    merged = {**snapshot, "reported": reported}
-    due = snapshot.get("state") in TERMINAL_STATES and not reported
-    if due:
-        merged["reported"] = True
-    return merged, due
-
-
-def job_report(snapshot: dict[str, Any]) -> bytes:
-    """The job report as published on the job-reports topic."""
-    return orjson.dumps(
-        {k: snapshot.get(k) for k in (
-            "job_id", "target", "operation", "source", "state", "records_received",
-            "succeeded", "failed", "duplicates", "created_at", "accepted_at", "completed_at",
-        )}
-    )
 
 
 @app.agent(results_topic)

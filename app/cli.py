@@ -39,7 +39,9 @@ def run_web(_: argparse.Namespace) -> int:
     logs.configure()
     settings = get_settings()
     web.run_app(create_web_app(settings), host=settings.http_host, port=settings.http_port,
-                access_log=None, print=None)
+                access_log=None, print=None,
+                # Decompression is ours: bounded per chunk, counted against the body limit.
+                auto_decompress=False)
     return 0
 
 

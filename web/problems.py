@@ -78,9 +78,11 @@ async def problem_middleware(
     except web.HTTPException as e:
         if e.status < 400:
             raise
+        # Keep headers such as Allow (405); the body's own headers are ours to set.
+        kept = {k: v for k, v in e.headers.items()
+                if k.lower() not in ("content-type", "content-length")}
         return problem_response(
-            Problem(e.status, e.reason, e.text or e.reason, headers=dict(e.headers) | {}),
-            request.path,
+            Problem(e.status, e.reason, e.reason, headers=kept), request.path
         )
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})

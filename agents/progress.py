@@ -1,0 +1,39 @@
+"""Pure helpers of the report agent: merging job snapshots and shaping job reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.sink import TERMINAL_STATES
+
+
+def processed(progress: dict[str, Any]) -> int:
+    """Records of a job with an outcome: progress only ever grows."""
+    return int(progress.get("succeeded", 0) + progress.get("failed", 0)
+               + progress.get("duplicates", 0))
+
+
+def next_progress(
+    current: dict[str, Any], snapshot: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """Merge a job snapshot into stored progress; True if a report is now due."""
+    reported = bool(current.get("reported"))
+    if current and processed(snapshot) < processed(current):
+        return current, False
+    merged = {**snapshot, "reported": reported}
+    due = snapshot.get("state") in TERMINAL_STATES and not reported
+    if due:
+        merged["reported"] = True
+    return merged, due
+
+
+def job_report(snapshot: dict[str, Any]) -> bytes:
+    """The job report as published on the job-reports topic."""
+    return orjson.dumps(
+        {k: snapshot.get(k) for k in (
+            "job_id", "target", "operation", "source", "state", "records_received",
+            "succeeded", "failed", "duplicates", "created_at", "accepted_at", "completed_at",
+        )}
+    )

@@ -1,0 +1,73 @@
+"""Idempotency-Key against the real Valkey: replay, in-flight conflict, reuse with another payload."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import orjson
+import redis.asyncio as redis
+
+from tests.integration.conftest import Stack, wait_terminal
+from web.idempotency import IdempotencyStore
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+PARAMS = {"target": "sensor_readings", "operation": "insert"}
+
+
+def body(tag: str, n: int = 3) -> bytes:
+    return b"".join(orjson.dumps({"sensor_id": tag, "value": i, "sampled_at": i}) + b"\n"
+                    for i in range(n))
+
+
+async def test_repeat_replays_the_first_response(http: aiohttp.ClientSession) -> None:
+    key = str(uuid.uuid4())
+    payload = body(f"idem-{key[:8]}")
+    async with http.post("/v1/bulk-operations", params=PARAMS, data=payload,
+                         headers={**NDJSON, "Idempotency-Key": key}) as r:
+        assert r.status == 202
+        first = await r.json()
+    await wait_terminal(http, first["job_id"])
+    async with http.post("/v1/bulk-operations", params=PARAMS, data=payload,
+                         headers={**NDJSON, "X-Idempotency-Key": key}) as r:
+        assert r.status == 202
+        assert r.headers["Idempotent-Replayed"] == "true"
+        again = await r.json()
+    assert again["job_id"] == first["job_id"]
+    async with http.get(f"/v1/bulk-operations/{first['job_id']}") as r:
+        assert (await r.json())["counts"]["received"] == 3  # not submitted twice
+
+
+async def test_same_key_other_payload_is_422(http: aiohttp.ClientSession) -> None:
+    key = str(uuid.uuid4())
+    async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-a"),
+                         headers={**NDJSON, "Idempotency-Key": key}) as r:
+        assert r.status == 202
+    async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-b"),
+                         headers={**NDJSON, "Idempotency-Key": key}) as r:
+        assert r.status == 422
+        assert (await r.json(content_type=None))["type"].endswith("idempotency-key-reused")
+
+
+async def test_key_in_flight_is_409(http: aiohttp.ClientSession, stack: Stack) -> None:
+    key = str(uuid.uuid4())
+    client = redis.from_url(stack.redis_url)
+    try:
+        # Another request holds the key (claimed the way the web process claims it).
+        assert await IdempotencyStore(client, 60).claim(key) is None
+        async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-c"),
+                             headers={**NDJSON, "Idempotency-Key": key}) as r:
+            assert r.status == 409
+            assert r.headers["Retry-After"] == "1"
+    finally:
+        await client.aclose()
+
+
+async def test_failed_request_releases_its_key(http: aiohttp.ClientSession) -> None:
+    key = str(uuid.uuid4())
+    async with http.post("/v1/bulk-operations", params={**PARAMS, "target": "nope"},
+                         data=body("idem-d"), headers={**NDJSON, "Idempotency-Key": key}) as r:
+        assert r.status == 422
+    async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-d"),
+                         headers={**NDJSON, "Idempotency-Key": key}) as r:
+        assert r.status == 202

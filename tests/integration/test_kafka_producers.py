@@ -1,0 +1,105 @@
+"""Producers writing plain records to an input topic, read back by an analyst from the
+result topic, both with confluent-kafka (librdkafka): a client Sluice itself does not use."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import fastavro
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
+from tests.integration.conftest import Stack
+
+INPUT = "sluice.input.sensor_readings"
+RESULTS = "sluice.results"
+
+
+def produce(stack: Stack, messages: list[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka, "acks": "all"})
+    for value, headers in messages:
+        producer.produce(INPUT, value=value, key=b"any-key", headers=headers)
+    assert producer.flush(30) == 0
+
+
+def avro_record(record: dict[str, Any]) -> bytes:
+    target = load_targets(BUILTIN_TARGETS_DIR)["sensor_readings"]
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, target.avro_schema, record)
+    return out.getvalue()
+
+
+def read_outcomes(stack: Stack, sensor_prefix: str, expected: int, timeout: float = 90) -> list[dict[str, Any]]:
+    consumer = Consumer({"bootstrap.servers": stack.kafka, "group.id": f"analyst-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([RESULTS])
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            doc = orjson.loads(message.value())
+            if doc["source"] is None or doc["source"]["topic"] != INPUT:
+                continue
+            for outcome in doc["outcomes"]:
+                key = outcome.get("key") or {}
+                if str(key.get("sensor_id", "")).startswith(sensor_prefix):
+                    found.append({**outcome, "partition": doc["source"]["partition"]})
+    finally:
+        consumer.close()
+    return found
+
+
+async def test_producer_records_reach_postgresql_and_the_result_topic(
+    stack: Stack, db: asyncpg.Pool
+) -> None:
+    tag = f"kafka-{uuid.uuid4().hex[:8]}"
+    json_records = [orjson.dumps({"sensor_id": tag, "value": i, "sampled_at": 1_000 + i})
+                    for i in range(20)]
+    messages = [(v, []) for v in json_records]
+    messages.append((avro_record({"sensor_id": f"{tag}-avro", "value": 2.5,
+                                  "sampled_at": 5_000}), [("content-type", b"application/avro")]))
+    messages.append((orjson.dumps({"sensor_id": f"{tag}-up", "value": 1.0, "sampled_at": 7}),
+                     [("sluice-operation", b"upsert")]))
+    await asyncio.to_thread(produce, stack, messages)
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        count = await db.fetchval(
+            "SELECT count(*) FROM sensor_readings WHERE sensor_id LIKE $1", tag + "%")
+        if count == 22:
+            break
+        await asyncio.sleep(0.3)
+    assert count == 22
+    outcomes = await asyncio.to_thread(read_outcomes, stack, tag, 22)
+    assert len(outcomes) == 22
+    assert {o["status"] for o in outcomes} == {"succeeded"}
+    # The index of a producer record is its offset in the input partition.
+    assert all(isinstance(o["index"], int) and o["index"] >= 0 for o in outcomes)
+
+
+async def test_an_undecodable_producer_record_is_reported_not_lost(stack: Stack, db: asyncpg.Pool) -> None:
+    tag = f"kbad-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(produce, stack, [
+        (b"{not json", []),
+        (orjson.dumps({"sensor_id": tag, "value": "x", "sampled_at": 1}), []),
+        (orjson.dumps({"sensor_id": tag, "value": 1, "sampled_at": 1}), []),
+    ])
+    deadline = time.monotonic() + 90
+    rows: list[asyncpg.Record] = []
+    while time.monotonic() < deadline and not rows:
+        rows = await db.fetch(
+            "SELECT r.status, r.code FROM sluice_record_results r JOIN sluice_jobs j USING (job_id)"
+            " WHERE j.source = 'kafka' AND r.code IN ('malformed_record', 'wrong_type')"
+            " AND r.message IS NOT NULL")
+        await asyncio.sleep(0.3)
+    assert {r["code"] for r in rows} >= {"malformed_record", "wrong_type"}
+    assert await db.fetchval("SELECT count(*) FROM sensor_readings WHERE sensor_id = $1", tag) == 1
