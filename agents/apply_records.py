@@ -48,13 +48,12 @@ async def write_until_committed(envelopes: list[Envelope]) -> BatchResult:
     Nothing is skipped: a database outage stalls the partition, it does not drop it.
     """
     delay = 0.1
-    window = float(settings.dedup_window_s)
     while True:
         started = time.perf_counter()
         current = now()
         try:
             result = await resources.sink.write(
-                envelopes, lambda digest: was_applied_recently(digest, window, current)
+                envelopes, lambda digest, at=current: was_applied_recently(digest, at)
             )
             metrics.batch_seconds.observe(time.perf_counter() - started)
             return result
@@ -95,7 +94,8 @@ async def apply_record_envelopes(stream: faust.StreamT[bytes]) -> None:
                 by_envelope[id(envelope)].append(digest)
             stamp = now()
             for envelope_id, digests in by_envelope.items():
-                remember_applied(event_of[envelope_id], digests, stamp)
+                message = event_of[envelope_id].message
+                remember_applied(message.partition, message.offset, digests, stamp)
             sent = [
                 await results_topic.send(key=job_id.encode(), value=value)
                 for job_id, value in result_messages(result, chunk)

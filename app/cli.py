@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from app import logs
 from app.settings import env_var, get_settings
@@ -22,10 +24,11 @@ def run_worker(_: argparse.Namespace) -> int:
     import faust
 
     from agents import apply_records, forward_producer_records, report_jobs  # noqa: F401
+    from tables import record_hashes  # noqa: F401  (its expiry timer)
     from app.faust_app import app
 
     logs.configure()
-    worker = faust.Worker(app, loglevel="WARNING", override_logging=False)
+    worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)
     worker.execute_from_commandline()
     return 0
 
@@ -47,6 +50,16 @@ def run_web(_: argparse.Namespace) -> int:
 
 def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env)
+
+
+def _record_stack(data_dir: Path, env: dict[str, str]) -> None:
+    """Let `sluice bench` find the services this run started (local dev data only)."""
+    from app.bench import STACK_FILE
+
+    stack = {name: env[env_var(name)] for name in ("kafka_bootstrap", "database_url", "redis_url")}
+    path = data_dir / STACK_FILE
+    path.write_text(json.dumps(stack))
+    path.chmod(0o600)
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -75,6 +88,7 @@ def run_all(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         env = child_environment(stack.start())
+        _record_stack(settings.data_dir, env)
         targets = sorted(load_targets(settings.targets_dir))
         asyncio.run(ensure_topics(env[env_var("kafka_bootstrap")],
                                   all_topics(TopicNames(settings.topic_prefix), targets),

@@ -152,6 +152,14 @@ class EmbeddedStack:
     def start(self) -> dict[str, str]:
         """Start what is missing; return SLUICE_* variables pointing at all three."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_missing()
+        except BaseException:
+            self.stop()
+            raise
+        return self.environment()
+
+    def _start_missing(self) -> None:
         if not self.kafka_bootstrap:
             broker = EmbeddedBroker(self.data_dir / "broker")
             broker.start()
@@ -170,7 +178,6 @@ class EmbeddedStack:
             self.started.append(valkey)
             self.redis_url = valkey.url
             log.info("embedded Valkey on port %d", valkey.port)
-        return self.environment()
 
     def environment(self) -> dict[str, str]:
         """The variables child processes need to find the services."""

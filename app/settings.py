@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=500, le=2000)
     flush_interval_s: float = Field(0.2, gt=0, le=5)
     dedup_window_s: int = 24 * 3600
+    # Bound on remembered record hashes per worker (about 150 bytes each in memory);
+    # past it the oldest are forgotten first and the effective window shrinks.
+    dedup_max_entries: int = 10_000_000
     table_store: str = "memory://"
     db_retry_max_s: float = 30.0
     # How long a job may sit in "receiving" (its records half produced) before the

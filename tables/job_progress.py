@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.faust_app import app
 from app.settings import get_settings
 
@@ -15,9 +13,3 @@ job_to_progress = app.Table(
     partitions=get_settings().partitions,
     help="job id -> {state, records_received, succeeded, failed, duplicates, reported}.",
 )
-
-
-def processed(progress: dict[str, Any]) -> int:
-    """Records of a job with an outcome: progress only ever grows."""
-    return int(progress.get("succeeded", 0) + progress.get("failed", 0)
-               + progress.get("duplicates", 0))

@@ -1,48 +1,95 @@
-"""record_hash_to_seen: which records were applied recently, for 24 h duplicate detection."""
+"""record_hash_to_seen: hashes of applied records, for duplicate detection over a 24 h window.
+
+One table entry per applied envelope, keyed "<partition>:<offset>" of that envelope's
+event and holding all its record hashes: one changelog write per batch of up to 2,000
+records, where a key per record would cost as much as the database write itself. The
+DedupIndex is rebuilt from the table after every recovery (worker start, rebalance).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-import weakref
-from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
 
 import faust
-from faust.streams import _current_event
 
+from app import metrics
 from app.faust_app import app
 from app.settings import get_settings
+from tables.dedup_index import DedupIndex
 
-record_hash_to_seen = app.Table(
-    "record_hash_to_seen",
-    default=None,
-    key_type=bytes,
-    value_type=float,
-    partitions=get_settings().partitions,
-    help="16-byte record hash -> epoch seconds when a record with that hash was applied.",
+log = logging.getLogger(__name__)
+settings = get_settings()
+HASH_BYTES = 16
+
+
+class EnvelopeKeyedTable(faust.Table):  # type: ignore[misc]
+    """A table whose key names its own partition: entries land in the changelog partition
+    of the envelope they describe, also when written or expired outside stream iteration."""
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return int(str(key).split(":", 1)[0])
+
+
+record_hash_to_seen = app.tables.add(
+    EnvelopeKeyedTable(
+        app,
+        name="record_hash_to_seen",
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=settings.partitions,
+        help="'<partition>:<offset>' of an applied envelope -> {at: epoch s, hashes: hex}.",
+    )
 )
-
-
-def was_applied_recently(digest: bytes, window_s: float, now: float) -> bool:
-    """True if a record with this hash was applied less than ``window_s`` ago."""
-    applied_at = record_hash_to_seen.get(digest)
-    return applied_at is not None and now - applied_at < window_s
-
-
-def remember_applied(event: faust.EventT, digests: Iterable[bytes], now: float) -> None:
-    """Record applied hashes in the changelog partition of the envelope's own partition.
-
-    Faust picks a table key's changelog partition from the event being processed;
-    a batch holds events of several partitions, so each envelope's hashes are written
-    with that envelope's event made current.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        for digest in digests:
-            record_hash_to_seen[digest] = now
-    finally:
-        _current_event.reset(token)
+index = DedupIndex(settings.dedup_window_s, settings.dedup_max_entries)
 
 
 def now() -> float:
     """Wall-clock seconds; applied-at times must survive a restart, so not monotonic."""
     return time.time()
+
+
+def was_applied_recently(digest: bytes, at: float) -> bool:
+    """True if an identical record was applied within the window."""
+    return index.seen(digest, at)
+
+
+def remember_applied(partition: int, offset: int, digests: Sequence[bytes], at: float) -> None:
+    """Record one envelope's applied hashes in the table and the index."""
+    if not digests:
+        return
+    record_hash_to_seen[f"{partition}:{offset}"] = {
+        "at": at, "hashes": b"".join(digests).hex()
+    }
+    index.add(digests, at)
+
+
+@record_hash_to_seen.on_recover
+async def rebuild_index() -> None:
+    """After recovery the table holds this worker's partitions: index exactly those."""
+    entries = sorted(
+        (value["at"], value["hashes"]) for value in record_hash_to_seen.values() if value
+    )
+    index.clear()
+    for at, hashes in entries:
+        raw = bytes.fromhex(hashes)
+        index.add([raw[i:i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES)], at)
+    index.expire(now())
+    log.info("dedup index rebuilt", extra={"hashes": len(index), "envelopes": len(entries)})
+
+
+@app.timer(interval=60.0)
+async def expire_record_hashes() -> None:
+    """Drop table entries and index hashes older than the window."""
+    current = now()
+    horizon = current - settings.dedup_window_s
+    stale = [key for key, value in list(record_hash_to_seen.items())
+             if value and value["at"] <= horizon]
+    for key in stale:
+        del record_hash_to_seen[key]
+    index.expire(current)
+    metrics.dedup_hashes.set(len(index))
+    oldest = index.oldest()
+    metrics.dedup_window_seconds.set(current - oldest if oldest is not None else 0)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -41,8 +43,11 @@ def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("sluice")
+def stack() -> Iterator[Stack]:
+    # Not pytest's tmp_path: PostgreSQL runs as its own system user when started as
+    # root, and pytest's 0700 temporary folders keep that user out.
+    data = Path(tempfile.mkdtemp(prefix="sluice-test-"))
+    data.chmod(0o755)
     embedded = EmbeddedStack(data_dir=data)
     env = {**os.environ, **embedded.start()}
     port = free_port()
@@ -69,6 +74,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for name in ("web.log", "worker.log"):
             tail = (data / name).read_text(errors="replace")[-3000:]
             sys.stderr.write(f"\n--- tail of {name} ---\n{tail}\n")
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
