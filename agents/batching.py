@@ -28,6 +28,20 @@ def chunk_by_records(envelopes: Sequence[Envelope], limit: int) -> list[list[Env
     return chunks
 
 
+def outcome_document(outcome: Outcome, *, from_kafka: bool) -> dict[str, Any]:
+    """One record's outcome as analysts read it; a producer record's index is its offset."""
+    doc: dict[str, Any] = {
+        "index": outcome.index,
+        "status": outcome.status,
+        "key": orjson.Fragment(outcome.key) if outcome.key else None,
+        "code": outcome.code,
+        "message": outcome.message,
+    }
+    if from_kafka:
+        doc["offset"] = outcome.index
+    return doc
+
+
 def result_messages(
     result: BatchResult, envelopes: Sequence[Envelope]
 ) -> list[tuple[str, bytes]]:
@@ -48,12 +62,8 @@ def result_messages(
             "source": None
             if source_topic is None
             else {"topic": source_topic, "partition": source_partition},
-            "outcomes": [
-                {"index": o.index, "status": o.status,
-                 "key": orjson.Fragment(o.key) if o.key else None,
-                 "code": o.code, "message": o.message}
-                for o in outcomes
-            ],
+            "outcomes": [outcome_document(o, from_kafka=source_topic is not None)
+                         for o in outcomes],
             "job": result.jobs.get(job_id),
         }
         messages.append((job_id, orjson.dumps(doc, default=str)))
