@@ -17,6 +17,7 @@ import faust
 
 from agents.batching import chunk_by_records, result_messages
 from agents.resources import resources
+from agents.streams import unacked_batches
 from app import metrics
 from app.faust_app import app, topics
 from app.settings import get_settings
@@ -51,10 +52,12 @@ async def write_until_committed(envelopes: list[Envelope]) -> BatchResult:
     while True:
         started = time.perf_counter()
         current = now()
+
+        def seen_recently(digest: bytes, at: float = current) -> bool:
+            return was_applied_recently(digest, at)
+
         try:
-            result = await resources.sink.write(
-                envelopes, lambda digest, at=current: was_applied_recently(digest, at)
-            )
+            result = await resources.sink.write(envelopes, seen_recently)
             metrics.batch_seconds.observe(time.perf_counter() - started)
             return result
         except JobNotSealed as e:
@@ -73,10 +76,10 @@ async def apply_record_envelopes(stream: faust.StreamT[bytes]) -> None:
     """Decode envelopes, write them in batches, publish outcomes, then acknowledge."""
     await resources.wait_ready()
     codec = resources.codec
-    async for events in stream.noack_take(
-        MAX_ENVELOPES_PER_TAKE, within=settings.flush_interval_s
+    async for events in unacked_batches(
+        stream, MAX_ENVELOPES_PER_TAKE, settings.flush_interval_s
     ):
-        decoded: list[tuple[faust.EventT, Envelope]] = []
+        decoded: list[tuple[faust.EventT[bytes], Envelope]] = []
         for event in events:
             try:
                 decoded.append((event, codec.decode(event.value)))

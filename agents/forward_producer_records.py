@@ -20,6 +20,7 @@ import orjson
 
 from agents.apply_records import records_topic
 from agents.resources import resources
+from agents.streams import unacked_batches
 from app import metrics
 from app.faust_app import app, topics
 from app.settings import get_settings
@@ -102,7 +103,7 @@ async def forward_producer_records(stream: faust.StreamT[bytes]) -> None:
     """Batch producer records into envelopes on the records topic, then acknowledge."""
     await resources.wait_ready()
     decoder = ProducerRecordDecoder(resources.targets)
-    async for events in stream.noack_take(settings.batch_size, within=settings.flush_interval_s):
+    async for events in unacked_batches(stream, settings.batch_size, settings.flush_interval_s):
         groups: dict[tuple[str, int, str, int], list[Item]] = defaultdict(list)
         for event in events:
             message = event.message

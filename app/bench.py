@@ -64,7 +64,7 @@ async def copy_baseline(dsn: str, rows: list[tuple[str, float, datetime]]) -> fl
         await conn.close()
 
 
-async def end_to_end(base_url: str, body: bytes, timeout: float) -> dict[str, Any]:
+async def end_to_end(base_url: str, body: bytes, wait_s: float) -> dict[str, Any]:
     """Submit, then poll until terminal: seconds to 202 and to the terminal state."""
     async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=None)) as http:
         started = time.perf_counter()
@@ -76,7 +76,7 @@ async def end_to_end(base_url: str, body: bytes, timeout: float) -> dict[str, An
                 raise SystemExit(f"submission refused: {r.status} {accepted}")
         to_202 = time.perf_counter() - started
         job: dict[str, Any] = {}
-        while time.perf_counter() - started < timeout:
+        while time.perf_counter() - started < wait_s:
             async with http.get(f"/v1/bulk-operations/{accepted['job_id']}") as r:
                 job = await r.json()
             if job["state"] not in ("accepted", "processing"):
@@ -107,7 +107,7 @@ async def main(args: argparse.Namespace) -> int:
     base_url = args.url or f"http://{settings.http_host}:{settings.http_port}"
     run_id = uuid.uuid4().hex[:8]
     body, rows = generate(args.records, run_id)
-    run = await end_to_end(base_url, body, timeout=600)
+    run = await end_to_end(base_url, body, wait_s=600)
     copy_s = await copy_baseline(database_url(settings), rows)
     counts = run["job"].get("counts", {})
     if counts.get("succeeded") != args.records:

@@ -18,14 +18,17 @@ from app.settings import env_var, get_settings
 
 log = logging.getLogger("sluice")
 
+FIRST_RECORD = '{"sensor_id":"s1","value":1.5,"sampled_at":"2023-10-01T12:00:00Z"}'
+"""The record `sluice run` suggests submitting first."""
+
 
 def run_worker(_: argparse.Namespace) -> int:
     """One Faust worker process: all agents, tables and the sink."""
     import faust
 
     from agents import apply_records, forward_producer_records, report_jobs  # noqa: F401
-    from tables import record_hashes  # noqa: F401  (its expiry timer)
     from app.faust_app import app
+    from tables import record_hashes  # noqa: F401  (its expiry timer)
 
     logs.configure()
     worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)
@@ -101,7 +104,7 @@ def run_all(args: argparse.Namespace) -> int:
             f"\nSluice is up on {base}  (Ctrl-C stops everything)\n\n"
             f"  curl -si -X POST '{base}/v1/bulk-operations?target=sensor_readings&operation=insert' \\\n"
             f"       -H 'Content-Type: application/x-ndjson' \\\n"
-            f"       --data-binary $'{{\"sensor_id\":\"s1\",\"value\":1.5,\"sampled_at\":\"2023-10-01T12:00:00Z\"}}\\n'\n"
+            f"       --data-binary $'{FIRST_RECORD}\\n'\n"
             f"  curl -s {base}/v1/bulk-operations/JOB_ID\n"
             f"  curl -s {base}/v1/bulk-operations/JOB_ID/results\n\n"
             f"  Kafka bootstrap: {env[env_var('kafka_bootstrap')]}   targets: {', '.join(targets)}\n",

