@@ -24,7 +24,7 @@ from agents.streams import unacked_batches
 from app import metrics
 from app.faust_app import app, topics
 from app.settings import get_settings
-from schemas.envelope import Envelope, Item
+from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope, Item
 from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
 
@@ -121,10 +121,10 @@ async def forward_producer_records(stream: faust.StreamT[bytes]) -> None:
                 source_topic=topic,
                 source_partition=source_partition,
             )
-            sent.append(await records_topic.send(
-                key=str(partition).encode(), value=resources.codec.encode(envelope),
-                partition=partition,
-            ))
+            sent.extend([
+                await records_topic.send(key=str(partition).encode(), value=data, partition=partition)
+                for data in resources.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES)
+            ])
             metrics.records_received.labels(envelope.target, "kafka").inc(len(items))
         await asyncio.gather(*sent)
         for event in events:

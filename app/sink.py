@@ -125,7 +125,12 @@ class PostgresSink:
             for envelope in live:
                 target = self._targets[envelope.target]
                 for item in envelope.items:
-                    if (envelope.job_id, item.index) in done:
+                    earlier = done.get((envelope.job_id, item.index))
+                    if earlier is not None:
+                        if earlier.status == SUCCEEDED and item.row is not None:
+                            # Applied before a crash: its hash may never have reached the table.
+                            result.applied_hashes.append((envelope, record_hash(
+                                envelope.target, envelope.operation, item.row)))
                         continue
                     if item.row is None:
                         result.outcomes.append(

@@ -9,7 +9,7 @@ days) so that decoding needs no string parsing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,8 @@ from app.errors import SluiceError
 from schemas.targets import ColumnType, Target
 
 ENVELOPE_VERSION = 1
+MAX_ENVELOPE_BYTES = 900_000
+"""Below the 1 MB default message size limit of Kafka brokers, with room for headers."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1)
 _ONE_US = timedelta(microseconds=1)
@@ -106,6 +108,22 @@ class EnvelopeCodec:
                 "items": items,
             }
         )
+
+    def encode_bounded(self, envelope: Envelope, max_bytes: int) -> list[bytes]:
+        """Encode, halving the envelope until each part fits in one Kafka message.
+
+        Long string fields can push a full batch past the broker's message size limit
+        (1 MB by default); a single record over the limit is left whole for the broker
+        to refuse.
+        """
+        data = self.encode(envelope)
+        if len(data) <= max_bytes or len(envelope.items) < 2:
+            return [data]
+        half = len(envelope.items) // 2
+        return [
+            *self.encode_bounded(replace(envelope, items=envelope.items[:half]), max_bytes),
+            *self.encode_bounded(replace(envelope, items=envelope.items[half:]), max_bytes),
+        ]
 
     def decode(self, data: bytes) -> Envelope:
         """Parse an envelope; EnvelopeError if it is not one this version understands."""

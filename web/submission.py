@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from app import jobs, metrics
-from schemas.envelope import Envelope, EnvelopeCodec, Item
+from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeCodec, Item
 from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
 from web.payloads import MalformedRecord, PayloadReader
@@ -123,7 +123,8 @@ async def spool_payload(
     def flush(partition: int) -> None:
         assert preparer is not None
         envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition])
-        spool.append(partition, ctx.codec.encode(envelope))
+        for data in ctx.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES):
+            spool.append(partition, data)
         buffers[partition] = []
 
     async for record in reader.records():

@@ -208,3 +208,17 @@ async def test_unknown_job_is_404_problem(http: aiohttp.ClientSession) -> None:
         async with http.get(path) as r:
             assert r.status == 404
             assert r.content_type == "application/problem+json"
+
+
+async def test_long_strings_are_split_across_messages_not_refused(
+    http: aiohttp.ClientSession, db: asyncpg.Pool
+) -> None:
+    tag = f"long-{uuid.uuid4().hex[:8]}"
+    filler = "x" * 6_000
+    # About 1.5 MB of records per partition: over the broker's 1 MB message limit.
+    body = ndjson([reading(f"{tag}-{i:04d}-{filler}", i) for i in range(1_000)])
+    job = await wait_terminal(http, (await submit(http, body))["job_id"])
+    assert job["state"] == "completed"
+    assert job["counts"]["succeeded"] == 1_000
+    assert await db.fetchval(
+        "SELECT count(*) FROM sensor_readings WHERE sensor_id LIKE $1", tag + "%") == 1_000
