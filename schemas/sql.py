@@ -6,6 +6,7 @@ alone. Identifiers come from validated schema names and are quoted all the same.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from schemas.targets import Target
@@ -17,6 +18,12 @@ ORD = "_sluice_ord"
 def quote(identifier: str) -> str:
     """Quote an SQL identifier."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def _scratch_name(prefix: str, target_name: str) -> str:
+    """A staging table name unique per target within PostgreSQL's 63-byte identifiers."""
+    digest = hashlib.blake2b(target_name.encode(), digest_size=4).hexdigest()
+    return f"{prefix}{target_name[:32]}_{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +50,8 @@ class TargetStatements:
 def statements_for(target: Target) -> TargetStatements:
     """Build the SQL for one target."""
     table = quote(target.name)
-    stage = quote(f"_sluice_stage_{target.name}")
-    key_stage = quote(f"_sluice_keys_{target.name}")
+    stage = quote(_scratch_name("_sluice_stage_", target.name))
+    key_stage = quote(_scratch_name("_sluice_keys_", target.name))
     cols = [quote(c.name) for c in target.columns]
     keys = [quote(k) for k in target.key]
     col_list = ", ".join(cols)

@@ -75,7 +75,9 @@ class Fingerprint:
     def __init__(self, *parts: str) -> None:
         self._hash = hashlib.sha256()
         for part in parts:
-            self._hash.update(part.encode() + b"\0")
+            # Length-prefixed: no choice of parts can shift a boundary and collide.
+            encoded = part.encode()
+            self._hash.update(len(encoded).to_bytes(8, "big") + encoded)
 
     def update(self, chunk: bytes) -> None:
         """Feed raw body bytes."""

@@ -1,0 +1,1 @@
+"""Unit tests for app: settings, topics, logging and the pure parts of the sink."""

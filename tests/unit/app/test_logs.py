@@ -1,0 +1,128 @@
+"""JSON log lines: one object per record with ts, level, logger, msg and the extra fields."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.logs import JsonFormatter
+
+
+def _record(msg: str = "job accepted", *args: object, level: int = logging.INFO,
+            extra: dict[str, Any] | None = None, exc_info: Any = None) -> logging.LogRecord:
+    logger = logging.getLogger("sluice.test")
+    return logger.makeRecord(
+        "sluice.test", level, __file__, 42, msg, args, exc_info, extra=extra
+    )
+
+
+def _format(record: logging.LogRecord) -> dict[str, Any]:
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    doc: dict[str, Any] = orjson.loads(line)
+    return doc
+
+
+def test_standard_fields() -> None:
+    record = _record("accepted %d records for %s", 3, "sensor_readings")
+    record.created = 1714564800.0  # 2024-05-01T12:00:00Z
+    record.msecs = 7.9
+    doc = _format(record)
+    assert doc == {
+        "ts": "2024-05-01T12:00:00.007Z",
+        "level": "info",
+        "logger": "sluice.test",
+        "msg": "accepted 3 records for sensor_readings",
+    }
+
+
+def test_timestamp_shape_for_a_live_record() -> None:
+    doc = _format(_record())
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", doc["ts"])
+
+
+@pytest.mark.parametrize(
+    ("level", "name"),
+    [(logging.DEBUG, "debug"), (logging.WARNING, "warning"), (logging.ERROR, "error"),
+     (logging.CRITICAL, "critical")],
+)
+def test_level_names_are_lowercase(level: int, name: str) -> None:
+    assert _format(_record(level=level))["level"] == name
+
+
+def test_extra_fields_are_included() -> None:
+    doc = _format(_record(extra={"job_id": "job-1", "records": 3, "ok": True, "tags": ["a"]}))
+    assert doc["job_id"] == "job-1"
+    assert doc["records"] == 3
+    assert doc["ok"] is True
+    assert doc["tags"] == ["a"]
+
+
+def test_non_json_extra_values_become_strings() -> None:
+    doc = _format(_record(extra={"spool": Path("/tmp/spool"), "kind": object}))
+    assert doc["spool"] == "/tmp/spool"
+    assert doc["kind"] == str(object)
+
+
+def test_private_and_standard_attributes_are_left_out() -> None:
+    doc = _format(_record(extra={"_internal": "x", "job_id": "j"}))
+    assert "_internal" not in doc
+    for attribute in ("args", "lineno", "pathname", "funcName", "thread", "process",
+                      "created", "msecs", "levelno", "message", "exc_info"):
+        assert attribute not in doc
+    assert set(doc) == {"ts", "level", "logger", "msg", "job_id"}
+
+
+def test_exception_traceback_is_included() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    doc = _format(_record("failed", level=logging.ERROR, exc_info=exc_info))
+    assert doc["msg"] == "failed"
+    assert doc["exc"].startswith("Traceback (most recent call last):")
+    assert doc["exc"].rstrip().endswith("ValueError: boom")
+
+
+def test_no_exc_member_without_an_exception() -> None:
+    assert "exc" not in _format(_record())
+
+
+@pytest.fixture
+def json_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("sluice.test.stream")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+
+def test_one_json_line_per_record(json_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = json_logger
+    logger.info("job accepted", extra={"job_id": "job-1", "records": 2})
+    logger.warning("slow write\nsecond line", extra={"seconds": 1.5})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (orjson.loads(line) for line in lines)
+    assert first["msg"] == "job accepted"
+    assert first["job_id"] == "job-1"
+    assert first["logger"] == "sluice.test.stream"
+    assert second["level"] == "warning"
+    assert second["msg"] == "slow write\nsecond line"
+    assert second["seconds"] == 1.5

@@ -1,0 +1,208 @@
+"""Submission helpers: picking target and operation, the on-disk envelope spool, body chunks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_targets
+from web.idempotency import Fingerprint
+from web.problems import Problem
+from web.submission import Spool, body_chunks, resolve_target
+
+
+@pytest.fixture(scope="module")
+def targets() -> dict[str, Target]:
+    loaded = load_targets(BUILTIN_TARGETS_DIR)
+    # A second name, to check the list of known targets is sorted.
+    return {"zones": loaded["sensor_readings"], **loaded}
+
+
+# --- resolve_target ----------------------------------------------------------------
+
+
+def test_query_string_alone(targets: dict[str, Target]) -> None:
+    target, operation = resolve_target(targets, "sensor_readings", "upsert", None, None)
+    assert target is targets["sensor_readings"]
+    assert operation == "upsert"
+
+
+def test_body_alone(targets: dict[str, Target]) -> None:
+    target, operation = resolve_target(targets, None, None, "sensor_readings", "delete")
+    assert target is targets["sensor_readings"]
+    assert operation == "delete"
+
+
+def test_query_and_body_may_each_give_one_part(targets: dict[str, Target]) -> None:
+    target, operation = resolve_target(targets, "sensor_readings", None, None, "upsert")
+    assert (target.name, operation) == ("sensor_readings", "upsert")
+    target, operation = resolve_target(targets, None, "delete", "sensor_readings", None)
+    assert (target.name, operation) == ("sensor_readings", "delete")
+
+
+def test_agreeing_query_and_body(targets: dict[str, Target]) -> None:
+    target, operation = resolve_target(
+        targets, "sensor_readings", "upsert", "sensor_readings", "upsert"
+    )
+    assert (target.name, operation) == ("sensor_readings", "upsert")
+
+
+@pytest.mark.parametrize("empty", [None, ""])
+def test_operation_defaults_to_insert(targets: dict[str, Target], empty: str | None) -> None:
+    assert resolve_target(targets, "sensor_readings", empty, None, empty)[1] == "insert"
+
+
+def test_conflicting_targets(targets: dict[str, Target]) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, "sensor_readings", None, "zones", None)
+    problem = caught.value
+    assert problem.status == 422
+    assert problem.slug == "conflicting-parameters"
+    assert problem.title == "Conflicting parameters"
+    assert problem.detail == (
+        "target is 'sensor_readings' in the query string but 'zones' in the body"
+    )
+
+
+def test_conflicting_operations(targets: dict[str, Target]) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, "sensor_readings", "insert", None, "delete")
+    assert caught.value.status == 422
+    assert caught.value.slug == "conflicting-parameters"
+    assert "operation is 'insert'" in caught.value.detail
+    assert "'delete' in the body" in caught.value.detail
+
+
+def test_conflict_is_reported_before_an_unknown_target(targets: dict[str, Target]) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, "nope", None, "other", None)
+    assert caught.value.slug == "conflicting-parameters"
+
+
+@pytest.mark.parametrize(
+    ("query_target", "body_target"), [(None, None), ("", None), (None, ""), ("", "")]
+)
+def test_missing_target(
+    targets: dict[str, Target], query_target: str | None, body_target: str | None
+) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, query_target, "insert", body_target, None)
+    assert caught.value.status == 422
+    assert caught.value.slug == "missing-target"
+    assert caught.value.title == "Missing target"
+
+
+def test_unknown_target_lists_the_known_ones(targets: dict[str, Target]) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, "sensor_reading", None, None, None)
+    problem = caught.value
+    assert problem.status == 422
+    assert problem.slug == "unknown-target"
+    assert problem.detail == "no target named 'sensor_reading'"
+    assert problem.extra == {"known_targets": ["sensor_readings", "zones"]}
+
+
+@pytest.mark.parametrize("operation", ["merge", "INSERT", "truncate"])
+def test_unknown_operation(targets: dict[str, Target], operation: str) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, "sensor_readings", operation, None, None)
+    assert caught.value.status == 422
+    assert caught.value.slug == "unknown-operation"
+    assert caught.value.detail == "operation must be one of insert, upsert, delete"
+
+
+def test_unknown_operation_from_the_body(targets: dict[str, Target]) -> None:
+    with pytest.raises(Problem) as caught:
+        resolve_target(targets, None, None, "sensor_readings", "replace")
+    assert caught.value.slug == "unknown-operation"
+
+
+# --- Spool -------------------------------------------------------------------------
+
+
+def test_spool_replays_in_order_with_content(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    try:
+        frames = [(3, b'{"v":1}'), (0, b""), (3, b"\x00\xff binary \n"), (255, b"x" * 70_000)]
+        for partition, data in frames:
+            spool.append(partition, data)
+        assert spool.envelopes == 4
+        assert list(spool.replay()) == frames
+    finally:
+        spool.close()
+
+
+def test_spool_can_be_replayed_twice(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    try:
+        spool.append(1, b"one")
+        spool.append(2, b"two")
+        first = list(spool.replay())
+        assert list(spool.replay()) == first == [(1, b"one"), (2, b"two")]
+    finally:
+        spool.close()
+
+
+def test_empty_spool_replays_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    try:
+        assert spool.envelopes == 0
+        assert list(spool.replay()) == []
+    finally:
+        spool.close()
+
+
+def test_spool_creates_its_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "spool" / "nested"
+    spool = Spool(directory)
+    try:
+        assert directory.is_dir()
+        spool.append(0, b"data")
+        assert list(spool.replay()) == [(0, b"data")]
+    finally:
+        spool.close()
+
+
+def test_spools_are_independent(tmp_path: Path) -> None:
+    first, second = Spool(tmp_path), Spool(tmp_path)
+    try:
+        first.append(0, b"first")
+        second.append(1, b"second")
+        assert list(first.replay()) == [(0, b"first")]
+        assert list(second.replay()) == [(1, b"second")]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_close_leaves_nothing_behind(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append(0, b"data")
+    spool.close()
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError):
+        list(spool.replay())
+
+
+# --- body_chunks -------------------------------------------------------------------
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_body_chunks_pass_through_and_feed_the_fingerprint() -> None:
+    fingerprint = Fingerprint("/v1/bulk-operations", "sensor_readings")
+    seen = [chunk async for chunk in body_chunks(_chunks(b"[1,", b"2]"), fingerprint)]
+    assert seen == [b"[1,", b"2]"]
+    whole = Fingerprint("/v1/bulk-operations", "sensor_readings")
+    whole.update(b"[1,2]")
+    assert fingerprint.hexdigest() == whole.hexdigest()
+
+
+async def test_body_chunks_without_fingerprint() -> None:
+    assert [c async for c in body_chunks(_chunks(b"a", b"b"), None)] == [b"a", b"b"]
