@@ -91,9 +91,9 @@ async def db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def wait_terminal(http: aiohttp.ClientSession, job_id: str, timeout: float = 120) -> dict[str, Any]:
+async def wait_terminal(http: aiohttp.ClientSession, job_id: str, wait_s: float = 120) -> dict[str, Any]:
     """Poll a job until it is in a terminal state."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     while True:
         async with http.get(f"/v1/bulk-operations/{job_id}") as r:
             assert r.status == 200, await r.text()
@@ -101,7 +101,7 @@ async def wait_terminal(http: aiohttp.ClientSession, job_id: str, timeout: float
         if job["state"] in ("completed", "completed_with_errors", "failed"):
             return job
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job}")
+            raise AssertionError(f"job {job_id} still {job['state']} after {wait_s}s: {job}")
         await asyncio.sleep(0.2)
 
 

@@ -57,7 +57,7 @@ async def test_100k_ndjson_with_invalid_and_repeated_records(
 
     accepted = await submit(http, ndjson(body))
     assert accepted["records_received"] == 100_000
-    job = await wait_terminal(http, accepted["job_id"], timeout=240)
+    job = await wait_terminal(http, accepted["job_id"], wait_s=240)
 
     assert job["state"] == "completed_with_errors"
     assert job["counts"] == {"received": 100_000, "succeeded": 99_940, "failed": 10, "duplicates": 50}

@@ -35,7 +35,9 @@ def avro_record(record: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-def read_outcomes(stack: Stack, sensor_prefix: str, expected: int, timeout: float = 90) -> list[dict[str, Any]]:
+def read_outcomes(
+    stack: Stack, sensor_prefix: str, expected: int, timeout: float = 90
+) -> list[dict[str, Any]]:
     consumer = Consumer({"bootstrap.servers": stack.kafka, "group.id": f"analyst-{uuid.uuid4()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([RESULTS])
