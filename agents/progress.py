@@ -12,7 +12,7 @@ from app.sink import TERMINAL_STATES
 def processed(progress: dict[str, Any]) -> int:
     """Records of a job with an outcome: progress only ever grows."""
     return int(progress.get("succeeded", 0) + progress.get("failed", 0)
-               + progress.get("duplicates", 0))
+               + progress.get("duplicates", 0) + progress.get("aborted", 0))
 
 
 def next_progress(

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-RESULT_STATUSES = ("succeeded", "failed", "duplicate")
+RESULT_STATUSES = ("succeeded", "failed", "duplicate", "aborted")
 
 
 async def create_receiving_job(
@@ -40,6 +40,45 @@ async def fail_job(pool: asyncpg.Pool, job_id: str, reason: str) -> None:
         " updated_at = now() WHERE job_id = $1 AND state = 'receiving'",
         job_id, reason,
     )
+
+
+async def abort_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+    """Stop a running job: records not yet written will be reported as aborted.
+
+    Returns the job after the change, or None if it was not running (unknown, still
+    receiving, or already terminal).
+    """
+    row = await pool.fetchrow(
+        "UPDATE sluice_jobs SET state = 'aborted', reason = 'aborted by the client',"
+        " completed_at = now(), updated_at = now()"
+        " WHERE job_id = $1 AND source = 'http' AND state IN ('accepted', 'processing')"
+        " RETURNING *",
+        job_id,
+    )
+    return dict(row) if row is not None else None
+
+
+async def fail_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> list[str]:
+    """Fail unfinished jobs when the whole pipeline has made no progress for ``stall_s``.
+
+    A job queued behind a long backlog is not stalled while other jobs progress; when
+    nothing progresses (no worker, no database) for that long, every unfinished job is
+    failed with a reason instead of hanging.
+    """
+    rows = await pool.fetch(
+        """
+        UPDATE sluice_jobs j SET state = 'failed', completed_at = now(), updated_at = now(),
+            reason = format('no progress for %s s', $1::float8)
+        WHERE j.source = 'http' AND j.state IN ('accepted', 'processing')
+          AND coalesce(j.progressed_at, j.accepted_at) < now() - make_interval(secs => $1)
+          AND NOT EXISTS (
+              SELECT 1 FROM sluice_jobs p
+              WHERE p.progressed_at >= now() - make_interval(secs => $1))
+        RETURNING j.job_id
+        """,
+        stall_s,
+    )
+    return [r["job_id"] for r in rows]
 
 
 async def get_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 100 * 1024 * 1024
     submission_timeout_s: float = 30.0
     idempotency_ttl_s: int = 24 * 3600
+    max_concurrent_uploads: int = Field(200, ge=1)
+    # Backpressure: refuse new submissions while this much is queued behind the ingress.
+    max_queue_records: int = Field(5_000_000, ge=1)
+    max_queue_age_s: float = Field(300.0, gt=0)
+    # A job with no progress anywhere in the pipeline for this long is failed, not left hanging.
+    job_stall_timeout_s: float = Field(300.0, gt=0)
 
     # --- topics ---
     topic_prefix: str = "sluice"

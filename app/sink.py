@@ -28,7 +28,13 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 DUPLICATE = "duplicate"
 
+ABORTED = "aborted"
+
 TERMINAL_STATES = frozenset({"completed", "completed_with_errors", "failed", "aborted"})
+HALTED_STATES = frozenset({"failed", "aborted"})
+"""Jobs whose records still arriving are recorded as aborted instead of applied."""
+_MISSING = "missing"
+"""A job with no row: its submission was refused before it was recorded; ignore its records."""
 
 # SQLSTATE classes that mean "this row is bad", as opposed to "the database is unwell":
 # 22 data exception, 23 integrity constraint violation.
@@ -118,12 +124,13 @@ class PostgresSink:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             states = await self._job_states(conn, envelopes)
-            live = [e for e in envelopes if states.get(e.job_id) not in TERMINAL_STATES]
+            live = [e for e in envelopes if states[e.job_id] != _MISSING]
             done = await self._already_written(conn, live)
             result = BatchResult(replayed=list(done.values()))
             pending: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
             for envelope in live:
                 target = self._targets[envelope.target]
+                halted = states[envelope.job_id] in HALTED_STATES
                 for item in envelope.items:
                     earlier = done.get((envelope.job_id, item.index))
                     if earlier is not None:
@@ -131,6 +138,12 @@ class PostgresSink:
                             # Applied before a crash: its hash may never have reached the table.
                             result.applied_hashes.append((envelope, record_hash(
                                 envelope.target, envelope.operation, item.row)))
+                        continue
+                    if halted:
+                        result.outcomes.append(Outcome(
+                            envelope.job_id, item.index, ABORTED,
+                            key_json(target, item.row) if item.row is not None else None,
+                        ))
                         continue
                     if item.row is None:
                         result.outcomes.append(
@@ -185,9 +198,7 @@ class PostgresSink:
                 state = "failed"
             states[row["job_id"]] = state
         for e in envelopes:
-            if e.job_id not in states:
-                # An envelope of a job that never got a row: its submission was refused.
-                states[e.job_id] = "failed"
+            states.setdefault(e.job_id, _MISSING)
         return states
 
     @staticmethod
@@ -326,42 +337,47 @@ class PostgresSink:
     async def _update_jobs(
         conn: asyncpg.Connection, envelopes: Sequence[Envelope], outcomes: Sequence[Outcome]
     ) -> dict[str, dict[str, Any]]:
-        counts: dict[str, list[int]] = {e.job_id: [0, 0, 0] for e in envelopes}
-        slot = {SUCCEEDED: 0, FAILED: 1, DUPLICATE: 2}
+        counts: dict[str, list[int]] = {e.job_id: [0, 0, 0, 0] for e in envelopes}
+        slot = {SUCCEEDED: 0, FAILED: 1, DUPLICATE: 2, ABORTED: 3}
         for o in outcomes:
             counts[o.job_id][slot[o.status]] += 1
         stream = {e.job_id for e in envelopes if e.source_topic is not None}
         snapshots: dict[str, dict[str, Any]] = {}
         # Sorted: two transactions updating the same jobs lock them in the same order.
-        for job_id, (ok, bad, dup) in sorted(counts.items()):
-            if ok + bad + dup == 0:
+        for job_id, (ok, bad, dup, aborted) in sorted(counts.items()):
+            if ok + bad + dup + aborted == 0:
                 continue
             row = await conn.fetchrow(
-                _UPDATE_JOB, job_id, ok, bad, dup, job_id in stream
+                _UPDATE_JOB, job_id, ok, bad, dup, job_id in stream, aborted
             )
             if row is not None:
                 snapshots[job_id] = dict(row)
         return snapshots
 
 
+# A halted job (failed, aborted) keeps its state and completion time: only its counts move.
 _UPDATE_JOB = """
 UPDATE sluice_jobs SET
     succeeded = succeeded + $2,
     failed = failed + $3,
     duplicates = duplicates + $4,
+    aborted = aborted + $6,
     records_received = records_received + CASE WHEN $5 THEN $2 + $3 + $4 ELSE 0 END,
     state = CASE
+        WHEN state IN ('failed', 'aborted') THEN state
         WHEN $5 THEN 'processing'
         WHEN succeeded + failed + duplicates + $2 + $3 + $4 < records_received THEN 'processing'
         WHEN failed + $3 > 0 THEN 'completed_with_errors'
         ELSE 'completed' END,
     completed_at = CASE
+        WHEN state IN ('failed', 'aborted') THEN completed_at
         WHEN NOT $5 AND succeeded + failed + duplicates + $2 + $3 + $4 >= records_received
         THEN now() END,
+    progressed_at = now(),
     updated_at = now()
 WHERE job_id = $1
 RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
-          duplicates, created_at, accepted_at, updated_at, completed_at
+          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at
 """
 
 

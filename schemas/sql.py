@@ -121,6 +121,9 @@ CREATE TABLE IF NOT EXISTS sluice_jobs (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     completed_at    timestamptz
 );
+-- Added after the first release: existing installations gain them in place.
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS aborted bigint NOT NULL DEFAULT 0;
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS progressed_at timestamptz;
 CREATE TABLE IF NOT EXISTS sluice_record_results (
     job_id   text NOT NULL,
     idx      bigint NOT NULL,

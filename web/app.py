@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
+from app import jobs
 from app.database import create_pool, migrate
 from app.kafka import all_topics, create_producer, ensure_topics
 from app.settings import Settings
@@ -15,10 +19,12 @@ from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
 from web import views
+from web.admission import Admission, Backlog
 from web.idempotency import IdempotencyStore
 from web.problems import problem_middleware
 from web.submission import SubmissionContext
 from web.typedefs import (
+    admission_key,
     idempotency_key,
     pool_key,
     producer_key,
@@ -39,7 +45,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(dsn, max_size=10)
     await migrate(pool, targets)
     await ensure_topics(kafka, all_topics(names, sorted(targets)), settings.partitions)
-    client = redis.from_url(redis_url)
+    # Short socket timeouts: a Redis outage must turn into a quick 503, not a hung upload.
+    client = redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     producer = create_producer(kafka)
     await producer.start()
     app[targets_key] = targets
@@ -47,18 +54,47 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[redis_key] = client
     app[producer_key] = producer
     app[idempotency_key] = IdempotencyStore(client, settings.idempotency_ttl_s)
+
+    async def read_backlog() -> Backlog:
+        records, age = await jobs.pending_work(pool)
+        return Backlog(records, age)
+
+    app[admission_key] = Admission(
+        max_streams=settings.max_concurrent_uploads,
+        max_queue_records=settings.max_queue_records,
+        max_queue_age_s=settings.max_queue_age_s,
+        read_backlog=read_backlog,
+    )
     app[submission_key] = SubmissionContext(
         pool=pool, producer=producer, codec=EnvelopeCodec(targets), targets=targets,
         records_topic=names.records, partitions=settings.partitions,
         batch_size=settings.batch_size, spool_dir=settings.data_dir / "spool",
     )
+    sweeper = asyncio.create_task(_sweep_stalled_jobs(pool, settings.job_stall_timeout_s))
     log.info("web resources ready", extra={"targets": sorted(targets)})
     try:
         yield
     finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await producer.stop()
         await client.aclose()
         await pool.close()
+
+
+async def _sweep_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> None:
+    """Every job reaches a terminal state: the web process, not only workers, enforces it,
+    so a job is failed even when no worker is left alive."""
+    while True:
+        await asyncio.sleep(min(30.0, stall_s / 4))
+        try:
+            failed = await jobs.fail_stalled_jobs(pool, stall_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            log.warning("stalled-job sweep skipped: %s", type(e).__name__)
+            continue
+        for job_id in failed:
+            log.warning("job failed: no progress", extra={"job_id": job_id})
 
 
 def create_web_app(settings: Settings) -> web.Application:
@@ -72,6 +108,7 @@ def create_web_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/bulk-operations", views.submit_bulk_operation)
     app.router.add_get("/v1/bulk-operations/{job_id}", views.get_bulk_operation)
+    app.router.add_delete("/v1/bulk-operations/{job_id}", views.abort_bulk_operation)
     app.router.add_get("/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)

@@ -168,18 +168,30 @@ async def produce_spool(ctx: SubmissionContext, spool: Spool) -> None:
 
 async def submit(
     ctx: SubmissionContext, reader: PayloadReader,
-    query_target: str | None, query_operation: str | None,
+    query_target: str | None, query_operation: str | None, *, timeout_s: float,
 ) -> Accepted:
-    """Run one submission to the point where it is safe to answer 202."""
+    """Run one submission to the point where it is safe to answer 202.
+
+    One deadline covers the whole submission: a body that does not arrive in time gets
+    408, records that Kafka does not take in time get 503; neither leaves anything behind.
+    """
     job_id = str(uuid.uuid4())
     spool = Spool(ctx.spool_dir)
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        target, operation, count = await spool_payload(
-            ctx, reader, job_id, query_target, query_operation, spool
-        )
+        try:
+            async with asyncio.timeout_at(deadline):
+                target, operation, count = await spool_payload(
+                    ctx, reader, job_id, query_target, query_operation, spool
+                )
+        except TimeoutError as e:
+            raise Problem(408, "Submission timed out",
+                          f"the body was not received and parsed within {timeout_s:g} s; "
+                          "nothing was accepted", slug="submission-timeout") from e
         await jobs.create_receiving_job(ctx.pool, job_id, target.name, operation, count)
         try:
-            await produce_spool(ctx, spool)
+            async with asyncio.timeout_at(deadline):
+                await produce_spool(ctx, spool)
         except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
             await asyncio.shield(jobs.fail_job(ctx.pool, job_id, "broker unavailable during submission"))
             if isinstance(e, asyncio.CancelledError):

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import orjson
+import redis.asyncio as redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import jobs, metrics
-from web.idempotency import IN_FLIGHT, Fingerprint, StoredResponse
+from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse
 from web.payloads import PayloadReader, media_type_for
 from web.problems import Problem
 from web.submission import body_chunks, submit
 from web.typedefs import (
+    admission_key,
     idempotency_key,
     pool_key,
     producer_key,
@@ -23,6 +26,8 @@ from web.typedefs import (
     settings_key,
     submission_key,
 )
+
+log = logging.getLogger(__name__)
 
 BODY_CHUNK_BYTES = 256 * 1024
 IDEMPOTENCY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
@@ -60,6 +65,28 @@ async def _drain_fingerprint(request: web.Request, fingerprint: Fingerprint, lim
         fingerprint.update(chunk)
 
 
+_REDIS_DOWN = (redis.RedisError, OSError, TimeoutError)
+
+
+async def _claim(store: IdempotencyStore, key: str) -> StoredResponse | str | None:
+    """Claim an idempotency key; without Redis the request is refused, never run unguarded."""
+    try:
+        return await store.claim(key)
+    except _REDIS_DOWN as e:
+        raise Problem(503, "Idempotency store unavailable",
+                      "requests with an idempotency key need Redis, which is not answering; "
+                      "retry later or send the request without a key",
+                      slug="idempotency-unavailable", headers={"Retry-After": "5"}) from e
+
+
+async def _release(store: IdempotencyStore, key: str) -> None:
+    """Free the key of a failed request; if Redis is down it expires by itself."""
+    try:
+        await store.release(key)
+    except _REDIS_DOWN:
+        log.warning("could not release an idempotency key; it expires with its TTL")
+
+
 async def submit_bulk_operation(request: web.Request) -> web.Response:
     """POST /v1/bulk-operations: 202 once every record is durably in Kafka."""
     settings = request.app[settings_key]
@@ -73,7 +100,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
     )
     store = request.app[idempotency_key]
     if key is not None:
-        existing = await store.claim(key)
+        existing = await _claim(store, key)
         if existing == IN_FLIGHT:
             raise Problem(409, "Request in progress",
                           "a request with this idempotency key is still being processed",
@@ -87,32 +114,31 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
             return _json(existing.body, existing.status,
                          {"Location": existing.location, "Idempotent-Replayed": "true"})
     try:
-        reader = PayloadReader(
-            body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES), fingerprint),
-            media_type,
-            content_encoding=request.headers.get("Content-Encoding"),
-            max_bytes=settings.max_body_bytes,
-        )
-        try:
-            async with asyncio.timeout(settings.submission_timeout_s):
-                accepted = await submit(
-                    request.app[submission_key], reader, query_target, query_operation
-                )
-        except TimeoutError as e:
-            raise Problem(408, "Submission timed out",
-                          f"the submission did not complete within "
-                          f"{settings.submission_timeout_s:g} s; nothing was accepted",
-                          slug="submission-timeout") from e
+        async with request.app[admission_key].admit():
+            reader = PayloadReader(
+                body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES), fingerprint),
+                media_type,
+                content_encoding=request.headers.get("Content-Encoding"),
+                max_bytes=settings.max_body_bytes,
+            )
+            accepted = await submit(
+                request.app[submission_key], reader, query_target, query_operation,
+                timeout_s=settings.submission_timeout_s,
+            )
     except BaseException:
         if key is not None:
-            await asyncio.shield(store.release(key))
+            await asyncio.shield(_release(store, key))
         raise
     links = _job_links(request, accepted.job_id)
     body = {"job_id": accepted.job_id, "state": "accepted", "target": accepted.target,
             "operation": accepted.operation, "records_received": accepted.records,
             "links": links}
     if key is not None:
-        await store.complete(key, StoredResponse(fingerprint.hexdigest(), 202, body, links["self"]))
+        try:
+            await store.complete(key, StoredResponse(fingerprint.hexdigest(), 202, body, links["self"]))
+        except _REDIS_DOWN:
+            # The job is accepted; a retry with this key would get 409 until the claim expires.
+            log.warning("could not store an idempotent response", extra={"job_id": accepted.job_id})
     return _json(body, 202, {"Location": links["self"]})
 
 
@@ -128,6 +154,7 @@ def _job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
             "succeeded": job["succeeded"],
             "failed": job["failed"],
             "duplicates": job["duplicates"],
+            "aborted": job["aborted"],
         },
         "reason": job["reason"],
         "created_at": job["created_at"],
@@ -149,6 +176,16 @@ async def _existing_job(request: web.Request) -> dict[str, Any]:
 async def get_bulk_operation(request: web.Request) -> web.Response:
     """GET /v1/bulk-operations/{job_id}: state, counts and timestamps."""
     return _json(_job_body(request, await _existing_job(request)))
+
+
+async def abort_bulk_operation(request: web.Request) -> web.Response:
+    """DELETE /v1/bulk-operations/{job_id}: skip what is not written yet; keep what is."""
+    job = await _existing_job(request)
+    aborted = await jobs.abort_job(request.app[pool_key], job["job_id"])
+    if aborted is None:
+        raise Problem(409, "Job not running", f"the job is {job['state']}; only accepted or "
+                      "processing jobs can be aborted", slug="job-not-running")
+    return _json(_job_body(request, aborted), 202)
 
 
 async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse:
@@ -195,12 +232,12 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
 
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: PostgreSQL, Redis and Kafka all answer."""
-    settings = request.app[settings_key]
     producer = request.app[producer_key]
     checks = dict(await asyncio.gather(
         _check("postgresql", request.app[pool_key].fetchval("SELECT 1")),
         _check("redis", request.app[redis_key].ping()),
-        _check("kafka", producer.partitions_for(f"{settings.topic_prefix}.records")),
+        # A metadata request, not the producer's cache: it fails when the broker is down.
+        _check("kafka", producer.client.fetch_all_metadata()),
     ))
     ready = all(v == "ok" for v in checks.values())
     return _json({"status": "ready" if ready else "unavailable", "checks": checks},

@@ -60,7 +60,7 @@ async def test_100k_ndjson_with_invalid_and_repeated_records(
     job = await wait_terminal(http, accepted["job_id"], wait_s=240)
 
     assert job["state"] == "completed_with_errors"
-    assert job["counts"] == {"received": 100_000, "succeeded": 99_940, "failed": 10, "duplicates": 50}
+    assert job["counts"] == {"received": 100_000, "succeeded": 99_940, "failed": 10, "duplicates": 50, "aborted": 0}
     stored = await rows_for(db, tag)
     assert len(stored) == 99_940
     failed = await results(http, accepted["job_id"], "failed")
@@ -124,7 +124,7 @@ async def test_insert_of_an_existing_key_and_a_row_the_database_rejects(
     accepted = await submit(http, ndjson([
         reading(tag, 1), reading(f"{tag}-poison", 2), reading(tag, 0, 9.0), reading(tag, 3)]))
     job = await wait_terminal(http, accepted["job_id"])
-    assert job["counts"] == {"received": 4, "succeeded": 2, "failed": 2, "duplicates": 0}
+    assert job["counts"] == {"received": 4, "succeeded": 2, "failed": 2, "duplicates": 0, "aborted": 0}
     failed = {r["index"]: r for r in await results(http, accepted["job_id"], "failed")}
     assert failed[1]["code"] == "23514"  # check_violation, isolated from the rest of the batch
     assert failed[2]["code"] == "23505"
@@ -139,7 +139,7 @@ async def test_duplicates_are_recognised_across_jobs(http: aiohttp.ClientSession
     second = await wait_terminal(http, (await submit(http, body))["job_id"])
     assert first["counts"]["succeeded"] == 5
     assert second["state"] == "completed"
-    assert second["counts"] == {"received": 5, "succeeded": 0, "failed": 0, "duplicates": 5}
+    assert second["counts"] == {"received": 5, "succeeded": 0, "failed": 0, "duplicates": 5, "aborted": 0}
 
 
 async def test_results_are_readable_while_the_job_runs(http: aiohttp.ClientSession) -> None:
