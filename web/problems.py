@@ -6,7 +6,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import orjson
+import redis.exceptions as redis
 from aiohttp import web
 
 from app.errors import SluiceError
@@ -58,6 +60,12 @@ def problem_response(problem: Problem, instance: str) -> web.Response:
     )
 
 
+DEPENDENCY_DOWN = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError, redis.ConnectionError, redis.TimeoutError,
+)
+"""Errors that mean PostgreSQL or Redis is down (not that the request is wrong): 503."""
+
 _PAYLOAD_SLUGS = {400: "malformed-payload", 413: "payload-too-large",
                   415: "unsupported-media-type", 422: "unprocessable-payload"}
 
@@ -74,6 +82,15 @@ async def problem_middleware(
     except PayloadError as e:
         return problem_response(
             Problem(e.status, e.title, e.detail, slug=_PAYLOAD_SLUGS.get(e.status)), request.path
+        )
+    except DEPENDENCY_DOWN as e:
+        log.warning("dependency unavailable", extra={"path": request.path,
+                                                     "error": type(e).__name__})
+        return problem_response(
+            Problem(503, "Service unavailable",
+                    "a service Sluice depends on is not answering; retry later",
+                    slug="dependency-unavailable", headers={"Retry-After": "5"}),
+            request.path,
         )
     except web.HTTPException as e:
         if e.status < 400:

@@ -12,28 +12,7 @@ import orjson
 import pytest
 
 from tests.integration.conftest import TEST_MAX_BODY_BYTES, results, wait_terminal
-
-NDJSON = {"Content-Type": "application/x-ndjson"}
-BASE_MS = 1_696_161_600_000  # 2023-10-01T12:00:00Z
-
-
-def reading(sensor: str, i: int, value: float | None = None) -> dict[str, Any]:
-    return {"sensor_id": sensor, "value": float(i) if value is None else value,
-            "sampled_at": BASE_MS + i}
-
-
-def ndjson(records: list[Any]) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
-
-
-async def submit(http: aiohttp.ClientSession, body: bytes, *, operation: str = "insert",
-                 headers: dict[str, str] | None = None, target: str = "sensor_readings") -> dict[str, Any]:
-    async with http.post("/v1/bulk-operations", params={"target": target, "operation": operation},
-                         data=body, headers=headers or NDJSON) as r:
-        doc: dict[str, Any] = await r.json(content_type=None)
-        assert r.status == 202, doc
-        assert r.headers["Location"] == f"/v1/bulk-operations/{doc['job_id']}"
-        return doc
+from tests.integration.records import BASE_MS, NDJSON, ndjson, reading, submit
 
 
 async def rows_for(db: asyncpg.Pool, prefix: str) -> dict[tuple[str, int], float]:
@@ -60,7 +39,8 @@ async def test_100k_ndjson_with_invalid_and_repeated_records(
     job = await wait_terminal(http, accepted["job_id"], wait_s=240)
 
     assert job["state"] == "completed_with_errors"
-    assert job["counts"] == {"received": 100_000, "succeeded": 99_940, "failed": 10, "duplicates": 50, "aborted": 0}
+    assert job["counts"] == {
+        "received": 100_000, "succeeded": 99_940, "failed": 10, "duplicates": 50, "aborted": 0}
     stored = await rows_for(db, tag)
     assert len(stored) == 99_940
     failed = await results(http, accepted["job_id"], "failed")

@@ -1,0 +1,96 @@
+"""A stack of its own for a fault-injection test: its services can be stopped, killed and
+restarted without disturbing the session's shared stack."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.embedded import EmbeddedStack, free_port, wait_for_port
+from app.settings import env_var
+
+
+@dataclass
+class IsolatedStack:
+    """Own broker, PostgreSQL and Valkey; web and worker processes started on demand."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+    data: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-fault-")))
+    embedded: EmbeddedStack | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    base_url: str = ""
+
+    def start(self) -> IsolatedStack:
+        """Start the three services (the processes come later, one by one)."""
+        self.data.chmod(0o755)
+        self.embedded = EmbeddedStack(data_dir=self.data)
+        port = free_port()
+        self.env = {
+            **os.environ,
+            **self.embedded.start(),
+            env_var("http_port"): str(port),
+            env_var("worker_metrics_port"): "0",
+            env_var("worker_id"): f"fault-{uuid.uuid4().hex[:8]}",
+            **self.settings,
+        }
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    def spawn(self, command: str, **overrides: str) -> subprocess.Popen[bytes]:
+        """Start `sluice web` or `sluice worker` against this stack."""
+        log = self.data / f"{command}-{len(self.processes)}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", command],
+                env={**self.env, **overrides}, stdout=out, stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        if command == "web":
+            wait_for_port(int(self.env[env_var("http_port")]), timeout=60)
+        return process
+
+    @property
+    def dsn(self) -> str:
+        return self.env[env_var("database_url")]
+
+    @property
+    def redis_url(self) -> str:
+        return self.env[env_var("redis_url")]
+
+    def service(self, kind: str) -> object:
+        """The embedded broker, postgres or valkey object, to stop and start it."""
+        assert self.embedded is not None
+        names = {"broker": "EmbeddedBroker", "postgres": "EmbeddedPostgres",
+                 "valkey": "EmbeddedValkey"}
+        return next(s for s in self.embedded.started if type(s).__name__ == names[kind])
+
+    @staticmethod
+    def kill(process: subprocess.Popen[bytes]) -> None:
+        """kill -9: no shutdown, no offset commit, no cleanup."""
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        """Stop everything this stack started and delete its data."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.embedded is not None:
+            self.embedded.stop()
+        for log in sorted(self.data.glob("*.log")):
+            tail = log.read_text(errors="replace")[-2000:]
+            sys.stderr.write(f"\n--- tail of {log.name} ---\n{tail}\n")
+        shutil.rmtree(self.data, ignore_errors=True)

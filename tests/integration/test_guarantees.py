@@ -1,0 +1,353 @@
+"""Nothing lost, nothing doubled: each promise of the README's Guarantees section, proved by
+injecting the fault into real processes (killed by pid, services stopped and restarted)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from app.settings import env_var
+from tests.integration.conftest import results, wait_terminal
+from tests.integration.isolated import IsolatedStack
+from tests.integration.records import NDJSON, ndjson, reading, submit
+
+MakeStack = Callable[..., IsolatedStack]
+
+
+@pytest.fixture
+def isolated() -> Iterator[MakeStack]:
+    stacks: list[IsolatedStack] = []
+
+    def make(**settings: object) -> IsolatedStack:
+        stack = IsolatedStack(settings={env_var(k): str(v) for k, v in settings.items()})
+        stacks.append(stack.start())
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+async def job_of(http: aiohttp.ClientSession, job_id: str) -> dict[str, Any]:
+    async with http.get(f"/v1/bulk-operations/{job_id}") as r:
+        assert r.status == 200, await r.text()
+        doc: dict[str, Any] = await r.json()
+        return doc
+
+
+async def wait_progress(http: aiohttp.ClientSession, job_id: str, at_least: int,
+                        wait_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        job = await job_of(http, job_id)
+        if job["counts"]["succeeded"] >= at_least:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} made no progress to {at_least}: {job}")
+
+
+def big_job(tag: str, n: int, invalid_every: int = 20_000) -> tuple[bytes, int]:
+    """n distinct readings, one in every ``invalid_every`` invalid; returns (body, invalid)."""
+    records: list[Any] = [reading(f"{tag}-{i % 997}", i) for i in range(n)]
+    invalid = 0
+    for i in range(invalid_every // 2, n, invalid_every):
+        records[i] = {"sensor_id": tag, "value": "bad", "sampled_at": 0}
+        invalid += 1
+    return ndjson(records), invalid
+
+
+async def assert_exactly_once(http: aiohttp.ClientSession, dsn: str, job_id: str, tag: str,
+                              n: int, invalid: int) -> None:
+    """Counts exact, every valid row present once, one result line per record."""
+    job = await wait_terminal(http, job_id, wait_s=300)
+    assert job["state"] == "completed_with_errors", job
+    # A record applied twice would show as a 23505 failure or a duplicate here.
+    assert job["counts"] == {"received": n, "succeeded": n - invalid, "failed": invalid,
+                             "duplicates": 0, "aborted": 0}
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval(
+            "SELECT count(*) FROM sensor_readings WHERE sensor_id LIKE $1", tag + "-%"
+        ) == n - invalid
+        assert await conn.fetchval(
+            "SELECT count(*) FROM sluice_record_results WHERE job_id = $1", job_id) == n
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def session_for() -> AsyncIterator[Callable[[IsolatedStack], aiohttp.ClientSession]]:
+    sessions: list[aiohttp.ClientSession] = []
+
+    def open_session(stack: IsolatedStack) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(stack.base_url)
+        sessions.append(session)
+        return session
+
+    yield open_session
+    for session in sessions:
+        await session.close()
+
+
+# 1. Worker crash mid-job --------------------------------------------------------------
+
+async def test_worker_killed_mid_job_completes_exactly_once(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated()
+    stack.spawn("web")
+    worker = stack.spawn("worker")
+    http = session_for(stack)
+    tag = f"crash-{uuid.uuid4().hex[:6]}"
+    body, invalid = big_job(tag, 200_000)
+    accepted = await submit(http, body)
+    await wait_progress(http, accepted["job_id"], 40_000)
+    stack.kill(worker)
+    assert (await job_of(http, accepted["job_id"]))["state"] == "processing"
+    stack.spawn("worker")
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 200_000, invalid)
+
+
+# 2. Two workers, one dies --------------------------------------------------------------
+
+async def test_surviving_worker_takes_over_and_completes_exactly_once(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated()
+    stack.spawn("web")
+    first = stack.spawn("worker")
+    stack.spawn("worker")
+    http = session_for(stack)
+    # Both workers in the group before the job starts (group joins take seconds here).
+    warm = await submit(http, ndjson([reading(f"warm-{uuid.uuid4().hex[:6]}", i) for i in range(8)]))
+    await wait_terminal(http, warm["job_id"], wait_s=120)
+    await asyncio.sleep(6)
+    tag = f"pair-{uuid.uuid4().hex[:6]}"
+    body, invalid = big_job(tag, 200_000)
+    accepted = await submit(http, body)
+    await wait_progress(http, accepted["job_id"], 40_000)
+    stack.kill(first)
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 200_000, invalid)
+
+
+# 3. PostgreSQL outage ------------------------------------------------------------------
+
+async def test_postgresql_outage_stalls_then_completes(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated(db_retry_max_s=2)
+    stack.spawn("web")
+    stack.spawn("worker")
+    http = session_for(stack)
+    tag = f"pgdown-{uuid.uuid4().hex[:6]}"
+    body, invalid = big_job(tag, 200_000)
+    accepted = await submit(http, body)
+    await wait_progress(http, accepted["job_id"], 40_000)
+    postgres: Any = stack.service("postgres")
+    postgres.stop()
+    try:
+        async with http.get("/readyz") as r:
+            assert r.status == 503
+            assert (await r.json())["checks"]["postgresql"].startswith("unavailable")
+        async with http.get(f"/v1/bulk-operations/{accepted['job_id']}") as r:
+            assert r.status == 503
+            assert r.headers["Retry-After"]
+        await asyncio.sleep(20)
+    finally:
+        postgres.start()
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 200_000, invalid)
+    async with http.get("/readyz") as r:
+        assert r.status == 200
+
+
+# 4. Redis outage -----------------------------------------------------------------------
+
+async def test_redis_outage_refuses_keyed_requests_only(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated()
+    stack.spawn("web")
+    http = session_for(stack)
+    valkey: Any = stack.service("valkey")
+    valkey.stop()
+    body = ndjson([reading(f"redis-{uuid.uuid4().hex[:6]}", i) for i in range(3)])
+    started = time.monotonic()
+    async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"}, data=body,
+                         headers={**NDJSON, "Idempotency-Key": str(uuid.uuid4())}) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "5"
+        assert (await r.json(content_type=None))["type"].endswith("idempotency-unavailable")
+    assert time.monotonic() - started < 10
+    await submit(http, body)  # without a key: accepted, documented in the README
+    valkey.start()
+    await submit(http, body, headers={**NDJSON, "Idempotency-Key": str(uuid.uuid4())})
+
+
+# 5. Broker unavailable -----------------------------------------------------------------
+
+async def test_broker_down_gets_503_within_the_submission_timeout(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated(submission_timeout_s=5)
+    stack.spawn("web")
+    http = session_for(stack)
+    broker: Any = stack.service("broker")
+    broker.stop()
+    started = time.monotonic()
+    async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"},
+                         data=ndjson([reading("down", i) for i in range(10)]), headers=NDJSON) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"]
+    assert time.monotonic() - started < 5 + 2
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        states = await conn.fetch("SELECT state FROM sluice_jobs")
+    finally:
+        await conn.close()
+    assert [s["state"] for s in states] == ["failed"]  # never reported as accepted
+
+
+# 6. Backpressure -----------------------------------------------------------------------
+
+async def test_backpressure_refuses_new_work_and_accepted_work_drains(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated(max_queue_records=1_000)
+    stack.spawn("web")
+    http = session_for(stack)
+    tag = f"bp-{uuid.uuid4().hex[:6]}"
+    first = await submit(http, ndjson([reading(tag, i) for i in range(5_000)]))
+    await asyncio.sleep(1.2)  # the backlog is read at most once a second
+    async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"},
+                         data=ndjson([reading(tag, 9_999)]), headers=NDJSON) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "5"
+        assert (await r.json(content_type=None))["type"].endswith("backpressure")
+    stack.spawn("worker")
+    assert (await wait_terminal(http, first["job_id"], wait_s=120))["state"] == "completed"
+    await asyncio.sleep(1.2)
+    await submit(http, ndjson([reading(tag, 9_999)]))
+
+
+# 7. Concurrency ------------------------------------------------------------------------
+
+async def test_upload_251_is_refused_while_200_are_in_flight(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated(max_concurrent_uploads=200, submission_timeout_s=60)
+    stack.spawn("web")
+    release = asyncio.Event()
+    tag = f"conc-{uuid.uuid4().hex[:6]}"
+
+    async def slow_body(i: int) -> AsyncIterator[bytes]:
+        yield ndjson([reading(f"{tag}-{i}", 0)])
+        await release.wait()
+        yield ndjson([reading(f"{tag}-{i}", 1)])
+
+    async with aiohttp.ClientSession(
+        stack.base_url, connector=aiohttp.TCPConnector(limit=0)
+    ) as http:
+        async def upload(body: Any) -> int:
+            async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"},
+                                 data=body, headers=NDJSON) as r:
+                await r.read()
+                return r.status
+
+        holding = [asyncio.create_task(upload(slow_body(i))) for i in range(200)]
+        await asyncio.sleep(3)  # all 200 are inside the server, holding their slots
+        extra = await asyncio.wait_for(asyncio.gather(
+            *(upload(ndjson([reading(f"{tag}-x", i)])) for i in range(50))), timeout=20)
+        assert extra == [503] * 50
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(*holding), timeout=60) == [202] * 200
+
+
+# 8. Timeouts ---------------------------------------------------------------------------
+
+async def test_stalled_upload_is_cut_off_and_leaves_nothing(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated(submission_timeout_s=2)
+    stack.spawn("web")
+    http = session_for(stack)
+
+    async def stalling_body() -> AsyncIterator[bytes]:
+        yield ndjson([reading("stall", i) for i in range(100)])
+        await asyncio.sleep(30)
+        yield b""
+
+    started = time.monotonic()
+    async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"},
+                         data=stalling_body(), headers=NDJSON) as r:
+        assert r.status == 408
+    assert time.monotonic() - started < 10
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM sluice_jobs") == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_job_without_progress_fails_with_a_reason(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated(job_stall_timeout_s=2)
+    stack.spawn("web")  # and no worker: nothing will ever progress
+    http = session_for(stack)
+    accepted = await submit(http, ndjson([reading("stuck", i) for i in range(10)]))
+    job = await wait_terminal(http, accepted["job_id"], wait_s=30)
+    assert job["state"] == "failed"
+    assert job["reason"] == "no progress for 2 s"
+
+
+# 9. Deadlocks ---------------------------------------------------------------------------
+
+async def test_opposite_order_upserts_of_the_same_rows_both_complete(
+    http: aiohttp.ClientSession
+) -> None:
+    tag = f"dl-{uuid.uuid4().hex[:6]}"
+    forward = [reading(f"{tag}-{i % 50}", i, 1.0) for i in range(4_000)]
+    backward = [reading(f"{tag}-{i % 50}", i, 2.0) for i in reversed(range(4_000))]
+    jobs = await asyncio.gather(submit(http, ndjson(forward), operation="upsert"),
+                                submit(http, ndjson(backward), operation="upsert"))
+    for accepted in jobs:
+        job = await wait_terminal(http, accepted["job_id"])
+        assert job["state"] == "completed", job
+        assert job["counts"]["succeeded"] == 4_000
+
+
+# 11. Abort -----------------------------------------------------------------------------
+
+async def test_abort_skips_what_is_not_written_and_keeps_what_is(
+    http: aiohttp.ClientSession, db: asyncpg.Pool
+) -> None:
+    tag = f"abort-{uuid.uuid4().hex[:6]}"
+    accepted = await submit(http, ndjson([reading(f"{tag}-{i % 97}", i) for i in range(100_000)]))
+    await wait_progress(http, accepted["job_id"], 1)
+    async with http.delete(f"/v1/bulk-operations/{accepted['job_id']}") as r:
+        assert r.status == 202
+        assert (await r.json())["state"] == "aborted"
+    deadline = time.monotonic() + 120
+    while True:
+        job = await job_of(http, accepted["job_id"])
+        counts = job["counts"]
+        if counts["succeeded"] + counts["aborted"] == 100_000 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert job["state"] == "aborted"
+    assert counts["aborted"] > 0 and counts["succeeded"] > 0
+    assert counts["succeeded"] + counts["aborted"] == 100_000
+    written = await db.fetchval(
+        "SELECT count(*) FROM sensor_readings WHERE sensor_id LIKE $1", tag + "-%")
+    assert written == counts["succeeded"]
+    aborted_lines = await results(http, accepted["job_id"], "aborted")
+    assert len(aborted_lines) == counts["aborted"]
+    async with http.delete(f"/v1/bulk-operations/{accepted['job_id']}") as r:
+        assert r.status == 409
