@@ -11,11 +11,16 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 import faust
+from faust.types import TP
 
-from agents.batching import chunk_by_records, result_messages
+from agents.batching import chunk_by_records, find_gaps, next_positions, result_messages
+from agents.gaps import GapReader
 from agents.resources import resources
 from agents.streams import unacked_batches
 from app import metrics
@@ -26,6 +31,7 @@ from schemas.envelope import Envelope, EnvelopeError
 from tables.record_hashes import now, remember_applied, was_applied_recently
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 settings = get_settings()
 
 records_topic = app.topic(
@@ -43,69 +49,140 @@ _TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
               asyncpg.CannotConnectNowError, asyncpg.PostgresError, asyncio.TimeoutError)
 
 
-async def write_until_committed(envelopes: list[Envelope]) -> BatchResult:
-    """Write one chunk, retrying transient failures with bounded exponential backoff.
+async def until_done(attempt: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run a database step, retrying transient failures with bounded exponential backoff.
 
     Nothing is skipped: a database outage stalls the partition, it does not drop it.
     """
     delay = 0.1
     while True:
-        started = time.perf_counter()
-        current = now()
-
-        def seen_recently(digest: bytes, at: float = current) -> bool:
-            return was_applied_recently(digest, at)
-
         try:
-            result = await resources.sink.write(envelopes, seen_recently)
-            metrics.batch_seconds.observe(time.perf_counter() - started)
-            return result
+            return await attempt()
         except JobNotSealed as e:
             metrics.write_retries.labels("job_receiving").inc()
             log.debug("job %s still receiving; batch waits", e)
             await asyncio.sleep(0.2)
         except _TRANSIENT as e:
             metrics.write_retries.labels(type(e).__name__).inc()
-            log.warning("batch write failed (%s); retrying in %.1fs", type(e).__name__, delay)
+            log.warning("%s failed (%s); retrying in %.1fs", what, type(e).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.db_retry_max_s)
+
+
+async def write_until_committed(
+    envelopes: list[Envelope], positions: dict[int, int]
+) -> BatchResult:
+    """Write one chunk and advance its partitions' positions in the same transaction."""
+    current = now()
+
+    def seen_recently(digest: bytes, at: float = current) -> bool:
+        return was_applied_recently(digest, at)
+
+    async def attempt() -> BatchResult:
+        started = time.perf_counter()
+        result = await resources.sink.write(envelopes, seen_recently, positions)
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        return result
+
+    return await until_done(attempt, "batch write")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One envelope as read from the records topic, by the group or by the gap reader."""
+
+    partition: int
+    offset: int
+    timestamp_s: float
+    envelope: Envelope | None
+    """None when the message could not be decoded (logged, skipped, position advanced)."""
+
+
+def decode(partition: int, offset: int, timestamp_s: float, value: bytes | None) -> Delivery:
+    """Decode one records-topic message."""
+    try:
+        envelope: Envelope | None = resources.codec.decode(value or b"")
+    except (EnvelopeError, KeyError) as e:
+        # Its position still advances with the next write: a poison message must not
+        # hold its partition for ever.
+        log.error("skipping undecodable envelope at partition %d offset %d: %s",
+                  partition, offset, e)
+        envelope = None
+    metrics.message_age.observe(max(0.0, time.time() - timestamp_s))
+    return Delivery(partition, offset, timestamp_s, envelope)
+
+
+async def expected_positions(partitions: set[int], topic: str) -> dict[int, int]:
+    """Where each partition continues: the committed position, else the earliest offset kept."""
+    stored = await until_done(lambda: resources.sink.positions(partitions), "position read")
+    if missing := partitions - stored.keys():
+        earliest = await app.consumer.earliest_offsets(*(TP(topic, p) for p in missing))
+        stored.update({tp.partition: offset for tp, offset in earliest.items()})
+    return stored
+
+
+async def fill_gaps(arrivals: list[tuple[int, int]], topic: str, reader: GapReader) -> None:
+    """Write what lies between each partition's committed position and its first delivery."""
+    expected = await expected_positions({p for p, _ in arrivals}, topic)
+    for partition, (start, stop) in find_gaps(arrivals, expected).items():
+        metrics.partition_gaps.inc()
+        log.warning("records partition %d delivered from %d but continues at %d: reading the gap",
+                    partition, stop, start)
+        async for records in reader.read(partition, start, stop):
+            await write_deliveries(
+                [decode(partition, r.offset, r.timestamp / 1000, r.value) for r in records]
+            )
 
 
 @app.agent(records_topic)
 async def apply_record_envelopes(stream: faust.StreamT[bytes]) -> None:
     """Decode envelopes, write them in batches, publish outcomes, then acknowledge."""
     await resources.wait_ready()
-    codec = resources.codec
+    topic = records_topic.get_topic_name()
+    kafka, _, _ = settings.require_services()
+    reader = GapReader(kafka, topic)
     async for events in unacked_batches(
         stream, MAX_ENVELOPES_PER_TAKE, settings.flush_interval_s
     ):
-        decoded: list[tuple[faust.EventT[bytes], Envelope]] = []
-        for event in events:
-            try:
-                decoded.append((event, codec.decode(event.value)))
-            except (EnvelopeError, KeyError) as e:
-                log.error("skipping undecodable envelope at %s[%s]@%s: %s",
-                          event.message.topic, event.message.partition,
-                          event.message.offset, e)
-        event_of = {id(envelope): event for event, envelope in decoded}
-        for event, _ in decoded:
-            metrics.message_age.observe(max(0.0, time.time() - event.message.timestamp / 1000))
-        for chunk in chunk_by_records([e for _, e in decoded], settings.batch_size):
-            result = await write_until_committed(chunk)
-            by_envelope: dict[int, list[bytes]] = defaultdict(list)
-            for envelope, digest in result.applied_hashes:
-                by_envelope[id(envelope)].append(digest)
-            stamp = now()
-            for envelope_id, digests in by_envelope.items():
-                message = event_of[envelope_id].message
-                remember_applied(message.partition, message.offset, digests, stamp)
-            sent = [
-                await results_topic.send(key=job_id.encode(), value=value)
-                for job_id, value in result_messages(result, chunk)
-            ]
-            await asyncio.gather(*sent)
-            tally = Counter(o.status for o in result.outcomes)
-            for status, count in tally.items():
-                metrics.records_written.labels(chunk[0].target, status).inc(count)
+        await fill_gaps([(e.message.partition, e.message.offset) for e in events], topic, reader)
+        await write_deliveries([
+            decode(e.message.partition, e.message.offset, e.message.timestamp, e.value)
+            for e in events
+        ])
         for event in events:
             await stream.ack(event)
+
+
+async def write_deliveries(deliveries: list[Delivery]) -> None:
+    """Write envelopes chunk by chunk; publish each chunk's outcomes after its commit."""
+    if not deliveries:
+        return
+    delivery_of = {id(d.envelope): d for d in deliveries if d.envelope is not None}
+    chunks = chunk_by_records(
+        [d.envelope for d in deliveries if d.envelope is not None], settings.batch_size
+    )
+    if not chunks:
+        positions = next_positions([(d.partition, d.offset) for d in deliveries])
+        await until_done(lambda: resources.sink.advance(positions), "position write")
+        return
+    for n, chunk in enumerate(chunks):
+        covered = [delivery_of[id(e)] for e in chunk]
+        if n == len(chunks) - 1:
+            covered += [d for d in deliveries if d.envelope is None]
+        positions = next_positions([(d.partition, d.offset) for d in covered])
+        result = await write_until_committed(chunk, positions)
+        by_envelope: dict[int, list[bytes]] = defaultdict(list)
+        for envelope, digest in result.applied_hashes:
+            by_envelope[id(envelope)].append(digest)
+        stamp = now()
+        for envelope_id, digests in by_envelope.items():
+            d = delivery_of[envelope_id]
+            remember_applied(d.partition, d.offset, digests, stamp)
+        sent = [
+            await results_topic.send(key=job_id.encode(), value=value)
+            for job_id, value in result_messages(result, chunk)
+        ]
+        await asyncio.gather(*sent)
+        tally = Counter(o.status for o in result.outcomes)
+        for status, count in tally.items():
+            metrics.records_written.labels(chunk[0].target, status).inc(count)

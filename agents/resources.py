@@ -14,6 +14,7 @@ from app.database import create_pool, migrate
 from app.faust_app import app
 from app.settings import get_settings
 from app.sink import PostgresSink
+from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import Target, load_targets
 
@@ -51,6 +52,8 @@ class WorkerResources(faust.Service):
         self._sink = PostgresSink(
             self._pool, self.targets,
             receiving_grace=timedelta(seconds=settings.receiving_grace_s),
+            consumer_group=settings.worker_id,
+            topic=TopicNames(settings.topic_prefix).records,
         )
         self._ready.set()
         if settings.worker_metrics_port:

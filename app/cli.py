@@ -30,7 +30,7 @@ def run_worker(_: argparse.Namespace) -> int:
     from app.faust_app import app
     from tables import record_hashes  # noqa: F401  (its expiry timer)
 
-    logs.configure()
+    logs.configure(get_settings().log_level, get_settings().library_log_level)
     worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)
     worker.execute_from_commandline()
     return 0
@@ -42,7 +42,7 @@ def run_web(_: argparse.Namespace) -> int:
 
     from web.app import create_web_app
 
-    logs.configure()
+    logs.configure(get_settings().log_level, get_settings().library_log_level)
     settings = get_settings()
     web.run_app(create_web_app(settings), host=settings.http_host, port=settings.http_port,
                 access_log=None, print=None,
@@ -72,7 +72,7 @@ def run_all(args: argparse.Namespace) -> int:
     from app.topics import TopicNames
     from schemas.targets import load_targets
 
-    logs.configure()
+    logs.configure(get_settings().log_level, get_settings().library_log_level)
     settings = get_settings()
     stack = EmbeddedStack(
         data_dir=settings.data_dir,

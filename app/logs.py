@@ -31,13 +31,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-def configure(level: str = "INFO") -> None:
-    """Send JSON lines to stderr at ``level``."""
+def configure(level: str = "INFO", library_level: str = "WARNING") -> None:
+    """Send JSON lines to stderr at ``level`` (Kafka and Faust internals at ``library_level``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiokafka and faust are chatty at INFO about every rebalance step.
     for noisy in ("aiokafka", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(library_level)

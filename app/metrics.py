@@ -50,3 +50,7 @@ dedup_window_seconds = Gauge(
     "sluice_dedup_effective_window_seconds",
     "Age of the oldest remembered hash: the window actually covered (this worker).",
 )
+partition_gaps = Counter(
+    "sluice_partition_gaps_total",
+    "Records partitions delivered past their committed position; the gap was read directly.",
+)

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
 
+    # --- logging ---
+    log_level: str = "INFO"
+    # Kafka client, Faust and mode log every rebalance step at INFO: quiet unless debugging.
+    library_log_level: str = "WARNING"
+
     # --- local state ---
     data_dir: Path = Path(".data")
     targets_dir: Path = BUILTIN_TARGETS_DIR

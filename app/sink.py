@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -108,19 +108,43 @@ class PostgresSink:
         targets: dict[str, Target],
         *,
         receiving_grace: timedelta,
+        consumer_group: str,
+        topic: str,
     ) -> None:
         self._pool = pool
+        self._group = consumer_group
+        self._topic = topic
         self._targets = targets
         self._statements = {name: statements_for(t) for name, t in targets.items()}
         self._receiving_grace = receiving_grace
 
+    async def positions(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The next offset to write per partition, as committed with the rows (absent: none yet)."""
+        rows = await self._pool.fetch(
+            "SELECT partition, next_offset FROM sluice_consumer_positions"
+            " WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::int[])",
+            self._group, self._topic, list(partitions),
+        )
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    async def advance(self, positions: Mapping[int, int]) -> None:
+        """Move positions past envelopes that had nothing to write."""
+        await self._pool.execute(
+            _ADVANCE_POSITIONS, self._group, self._topic, list(positions), list(positions.values())
+        )
+
     async def write(
-        self, envelopes: Sequence[Envelope], seen_recently: Callable[[bytes], bool]
+        self,
+        envelopes: Sequence[Envelope],
+        seen_recently: Callable[[bytes], bool],
+        positions: Mapping[int, int],
     ) -> BatchResult:
         """Apply every record of the envelopes in one transaction.
 
         ``seen_recently`` says whether a record hash was applied within the
-        deduplication window. Raises JobNotSealed if a job is still being received.
+        deduplication window; ``positions`` is where each partition continues once this
+        batch is written, committed in the same transaction. Raises JobNotSealed if a
+        job is still being received.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             states = await self._job_states(conn, envelopes)
@@ -164,6 +188,10 @@ class PostgresSink:
                 await self._apply(conn, target_name, operation, records, seen_recently, result)
             await self._record_outcomes(conn, result.outcomes)
             result.jobs = await self._update_jobs(conn, live, result.outcomes)
+            await conn.execute(
+                _ADVANCE_POSITIONS, self._group, self._topic,
+                list(positions), list(positions.values()),
+            )
             return result
 
     async def _job_states(
@@ -354,6 +382,13 @@ class PostgresSink:
                 snapshots[job_id] = dict(row)
         return snapshots
 
+
+_ADVANCE_POSITIONS = """
+INSERT INTO sluice_consumer_positions (consumer_group, topic, partition, next_offset)
+SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
+ON CONFLICT (consumer_group, topic, partition)
+DO UPDATE SET next_offset = GREATEST(sluice_consumer_positions.next_offset, EXCLUDED.next_offset)
+"""
 
 # A halted job (failed, aborted) keeps its state and completion time: only its counts move.
 _UPDATE_JOB = """

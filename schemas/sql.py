@@ -124,6 +124,13 @@ CREATE TABLE IF NOT EXISTS sluice_jobs (
 -- Added after the first release: existing installations gain them in place.
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS aborted bigint NOT NULL DEFAULT 0;
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS progressed_at timestamptz;
+CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
+    consumer_group text NOT NULL,
+    topic          text NOT NULL,
+    partition      integer NOT NULL,
+    next_offset    bigint NOT NULL,
+    PRIMARY KEY (consumer_group, topic, partition)
+);
 CREATE TABLE IF NOT EXISTS sluice_record_results (
     job_id   text NOT NULL,
     idx      bigint NOT NULL,
@@ -135,4 +142,6 @@ CREATE TABLE IF NOT EXISTS sluice_record_results (
 );
 """
 """Sluice's own bookkeeping. sluice_record_results doubles as the ledger that makes a
-replayed envelope harmless: a (job_id, idx) already there was already applied."""
+replayed envelope harmless: a (job_id, idx) already there was already applied.
+sluice_consumer_positions holds, per records partition, the offset after the last
+envelope written, committed with the rows: where to resume, whatever Kafka remembers."""

@@ -9,7 +9,6 @@ job_to_progress = app.Table(
     "job_to_progress",
     default=dict,
     key_type=str,
-    value_type=dict,
     partitions=get_settings().partitions,
     help="job id -> {state, records_received, succeeded, failed, duplicates, reported}.",
 )

@@ -37,6 +37,8 @@ record_hash_to_seen = EnvelopeKeyedTable(
     app,
     name="record_hash_to_seen",
     default=None,
+    # Typed keys: after a recovery they come back as str, not the changelog's raw bytes.
+    key_type=str,
     beacon=app.tables.beacon,
     partitions=settings.partitions,
     help="'<partition>:<offset>' of an applied envelope -> {at: epoch s, hashes: hex}.",
