@@ -134,23 +134,69 @@ async def fill_gaps(arrivals: list[tuple[int, int]], topic: str, reader: GapRead
             )
 
 
+# The agent and the idle-partition check both write; one at a time keeps each
+# partition's envelopes in order.
+write_lock = asyncio.Lock()
+last_delivery: dict[int, float] = {}
+"""When the group last delivered an event of each records partition (monotonic seconds)."""
+IDLE_PARTITION_S = 15.0
+gap_reader = GapReader(settings.kafka_bootstrap or "", records_topic.get_topic_name())
+
+
 @app.agent(records_topic)
 async def apply_record_envelopes(stream: faust.StreamT[bytes]) -> None:
     """Decode envelopes, write them in batches, publish outcomes, then acknowledge."""
     await resources.wait_ready()
     topic = records_topic.get_topic_name()
-    kafka, _, _ = settings.require_services()
-    reader = GapReader(kafka, topic)
     async for events in unacked_batches(
         stream, MAX_ENVELOPES_PER_TAKE, settings.flush_interval_s
     ):
-        await fill_gaps([(e.message.partition, e.message.offset) for e in events], topic, reader)
-        await write_deliveries([
-            decode(e.message.partition, e.message.offset, e.message.timestamp, e.value)
-            for e in events
-        ])
+        arrivals = [(e.message.partition, e.message.offset) for e in events]
+        async with write_lock:
+            await fill_gaps(arrivals, topic, gap_reader)
+            await write_deliveries([
+                decode(e.message.partition, e.message.offset, e.message.timestamp, e.value)
+                for e in events
+            ])
+        stamp = time.monotonic()
+        for partition, _ in arrivals:
+            last_delivery[partition] = stamp
         for event in events:
             await stream.ack(event)
+
+
+@app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+async def catch_up_idle_partitions() -> None:
+    """Read directly what an assigned partition holds but the group does not deliver.
+
+    Seen on the embedded broker after a worker is killed: a partition assigned but
+    never fetched. Work that is delivered late after all is then a redelivery, which
+    the ledger recognises.
+    """
+    if not resources.ready:
+        return
+    topic = records_topic.get_topic_name()
+    partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+    now_s = time.monotonic()
+    idle = {p for p in partitions
+            if now_s - last_delivery.setdefault(p, now_s) > IDLE_PARTITION_S}
+    if not idle:
+        return
+    earliest, end = await gap_reader.offsets(idle)
+    async with write_lock:
+        stored = await until_done(lambda: resources.sink.positions(idle), "position read")
+        for partition in sorted(idle):
+            start = max(stored.get(partition, 0), earliest[partition])
+            if start >= end[partition]:
+                continue
+            metrics.partition_gaps.inc()
+            log.warning("records partition %d has %d envelopes the group does not deliver: "
+                        "reading them directly", partition, end[partition] - start)
+            async for records in gap_reader.read(partition, start, end[partition]):
+                await write_deliveries(
+                    [decode(partition, r.offset, r.timestamp / 1000, r.value) for r in records]
+                )
+            last_delivery[partition] = time.monotonic()
 
 
 async def write_deliveries(deliveries: list[Delivery]) -> None:

@@ -26,6 +26,19 @@ class GapReader:
         self._bootstrap = bootstrap
         self._topic = topic
 
+    async def offsets(self, partitions: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+        """(earliest, end) offsets of the partitions, straight from the broker."""
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            earliest = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        return ({tp.partition: o for tp, o in earliest.items()},
+                {tp.partition: o for tp, o in end.items()})
+
     async def read(
         self, partition: int, start: int, stop: int
     ) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:

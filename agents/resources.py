@@ -33,6 +33,11 @@ class WorkerResources(faust.Service):
         self._sink: PostgresSink | None = None
         self._ready = asyncio.Event()
 
+    @property
+    def ready(self) -> bool:
+        """True once the pool and sink exist."""
+        return self._ready.is_set()
+
     async def wait_ready(self) -> None:
         """Agents may start before app services do: they wait here for the pool."""
         await self._ready.wait()

@@ -33,6 +33,9 @@ def create_app() -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger=0.005,
+        # Envelopes are up to ~1 MB each: a short buffer bounds the worker's memory and
+        # keeps one busy partition from starving the others.
+        stream_buffer_maxsize=64,
     )
 
 
