@@ -34,6 +34,7 @@ class Stack:
     dsn: str
     redis_url: str
     env: dict[str, str]
+    web_pid: int
 
 
 def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -61,7 +62,8 @@ def stack() -> Iterator[Stack]:
     try:
         wait_for_port(port, timeout=60)
         yield Stack(f"http://127.0.0.1:{port}", env[env_var("kafka_bootstrap")],
-                    env[env_var("database_url")], env[env_var("redis_url")], env)
+                    env[env_var("database_url")], env[env_var("redis_url")], env,
+                    children[0].pid)
     finally:
         for child in children:
             child.terminate()

@@ -135,3 +135,42 @@ def test_generated_payloads_never_get_a_5xx_and_counts_add_up(
         counts = job["counts"]
         assert job["state"] in TERMINAL, job
         assert counts["received"] == counts["succeeded"] + counts["failed"] + counts["duplicates"]
+
+
+def raw_exchange(stack: Stack, request: bytes, *, close_write: bool) -> bytes:
+    """Send bytes as they are (no client library fixing them up) and read the answer."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(stack.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=20) as s:
+        s.sendall(request)
+        if close_write:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("declared", "sent"),
+    [(1000, b'{"sensor_id":"cl","value":1,"sampled_at":1}\n'),   # says more than it sends
+     (5, b'{"sensor_id":"cl","value":1,"sampled_at":1}\n')],     # says less than it sends
+)
+def test_a_wrong_content_length_never_gets_a_5xx(stack: Stack, declared: int, sent: bytes) -> None:
+    head = (f"POST /v1/bulk-operations?target=sensor_readings HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/x-ndjson\r\nContent-Length: {declared}\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    answer = raw_exchange(stack, head + sent, close_write=True)
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert not status_line.startswith(b"HTTP/1.1 5"), answer[:300]
+    with urllib.request.urlopen(f"{stack.base_url}/healthz") as r:
+        assert r.status == 200  # the process is still serving
+
+
+def test_web_memory_stays_bounded_after_hostile_input(stack: Stack) -> None:
+    rss_kb = next(int(line.split()[1]) for line in
+                  open(f"/proc/{stack.web_pid}/status").read().splitlines()
+                  if line.startswith("VmRSS:"))
+    assert rss_kb < 400 * 1024, f"web process RSS {rss_kb / 1024:.0f} MB"
