@@ -354,3 +354,43 @@ async def test_abort_skips_what_is_not_written_and_keeps_what_is(
     assert len(aborted_lines) == counts["aborted"]
     async with http.delete(f"/v1/bulk-operations/{accepted['job_id']}") as r:
         assert r.status == 409
+
+
+# 1b. A redelivered envelope ------------------------------------------------------------
+
+async def test_a_redelivered_envelope_is_not_applied_twice(
+    stack: Any, http: aiohttp.ClientSession, db: asyncpg.Pool
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from schemas.envelope import Envelope, EnvelopeCodec, Item
+    from schemas.preparation import RecordPreparer
+    from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
+
+    tag = f"redeliver-{uuid.uuid4().hex[:6]}"
+    accepted = await submit(http, ndjson([reading(tag, i) for i in range(5)]))
+    first = await wait_terminal(http, accepted["job_id"])
+    # The same records of the same job, as a crash between commit and ack redelivers them.
+    targets = load_targets(BUILTIN_TARGETS_DIR)
+    preparer = RecordPreparer(targets["sensor_readings"], "insert", 4)
+    items: dict[int, list[Item]] = {}
+    for i in range(5):
+        partition, item = preparer.prepare(i, reading(tag, i))
+        items.setdefault(partition, []).append(item)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka, acks="all")
+    await producer.start()
+    try:
+        for partition, batch in items.items():
+            envelope = Envelope(accepted["job_id"], "sensor_readings", "insert", batch)
+            await producer.send_and_wait("sluice.records", EnvelopeCodec(targets).encode(envelope),
+                                         key=str(partition).encode(), partition=partition)
+    finally:
+        await producer.stop()
+    # A later job on every partition completes, so the redelivery has been processed.
+    after = await submit(http, ndjson([reading(f"{tag}-after", i) for i in range(40)]))
+    await wait_terminal(http, after["job_id"])
+    again = await job_of(http, accepted["job_id"])
+    assert again["counts"] == first["counts"] == {
+        "received": 5, "succeeded": 5, "failed": 0, "duplicates": 0, "aborted": 0}
+    assert await db.fetchval(
+        "SELECT count(*) FROM sluice_record_results WHERE job_id = $1", accepted["job_id"]) == 5
