@@ -183,6 +183,9 @@ async def catch_up_idle_partitions() -> None:
     if not idle:
         return
     earliest, end = await gap_reader.offsets(idle)
+    for partition in idle:
+        # Checked now: next look after another idle period, not at every tick.
+        last_delivery[partition] = now_s
     async with write_lock:
         stored = await until_done(lambda: resources.sink.positions(idle), "position read")
         for partition in sorted(idle):

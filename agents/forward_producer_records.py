@@ -72,6 +72,10 @@ class ProducerRecordDecoder:
         self._avro = {name: _plain_avro_schema(t) for name, t in targets.items()}
         self._preparers: dict[tuple[str, str], RecordPreparer] = {}
 
+    def target_for(self, topic: str) -> Target:
+        """The target whose input topic this is."""
+        return self._target_of_topic[topic]
+
     def decode(self, topic: str, offset: int, value: bytes, headers: Any) -> tuple[str, int, Item]:
         """Return (operation, partition, item); a bad record becomes a failed item."""
         target = self._target_of_topic[topic]
@@ -115,7 +119,7 @@ async def forward_producer_records(stream: faust.StreamT[bytes]) -> None:
         for (topic, source_partition, operation, partition), items in groups.items():
             envelope = Envelope(
                 job_id=f"{topic}:{source_partition}",
-                target=decoder._target_of_topic[topic].name,
+                target=decoder.target_for(topic).name,
                 operation=operation,
                 items=items,
                 source_topic=topic,

@@ -181,7 +181,7 @@ class PostgresSink:
                             item.index,
                             item.row,
                             record_hash(envelope.target, envelope.operation, item.row),
-                            tuple(item.row[i] for i in target.key_indexes),
+                            target.key_of(item.row),
                         )
                     )
             for (target_name, operation), records in sorted(pending.items()):

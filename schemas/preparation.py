@@ -31,7 +31,7 @@ class RecordPreparer:
         self.target = target
         self.operation = operation
         self._partitions = partitions
-        self._key_indexes = target.key_indexes
+        self._key_of = target.key_of
         if operation == "delete":
             narrow = key_only(target)
             self._converter = RecordConverter(narrow)
@@ -56,7 +56,7 @@ class RecordPreparer:
             return index % self._partitions, Item(index, None, e.code, e.message)
         if self._widen is not None:
             row = self._widen(row)
-        key = tuple(row[i] for i in self._key_indexes)
+        key = self._key_of(row)
         return partition_for(self.target.name, key, self._partitions), Item(index, row)
 
 

@@ -26,6 +26,7 @@ from app import jobs, metrics
 from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeCodec, Item
 from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
+from web.idempotency import Fingerprint
 from web.payloads import MalformedRecord, PayloadReader
 from web.problems import Problem
 
@@ -208,10 +209,11 @@ async def submit(
     return Accepted(job_id, target.name, operation, count)
 
 
-async def body_chunks(content: AsyncIterator[bytes], fingerprint: object | None) -> AsyncIterator[bytes]:
-    """Pass body chunks through, feeding the idempotency fingerprint on the way."""
-    update = getattr(fingerprint, "update", None)
+async def body_chunks(
+    content: AsyncIterator[bytes], fingerprint: Fingerprint | None
+) -> AsyncIterator[bytes]:
+    """Pass body chunks through, feeding the idempotency fingerprint (if any) on the way."""
     async for chunk in content:
-        if update is not None:
-            update(chunk)
+        if fingerprint is not None:
+            fingerprint.update(chunk)
         yield chunk
