@@ -19,7 +19,13 @@ import asyncpg
 import faust
 from faust.types import TP
 
-from agents.batching import chunk_by_records, find_gaps, next_positions, result_messages
+from agents.batching import (
+    chunk_by_records,
+    find_gaps,
+    job_header,
+    next_positions,
+    result_messages,
+)
 from agents.gaps import GapReader
 from agents.resources import resources
 from agents.streams import unacked_batches
@@ -80,7 +86,9 @@ async def write_until_committed(
 
     async def attempt() -> BatchResult:
         started = time.perf_counter()
-        result = await resources.sink.write(envelopes, seen_recently, positions)
+        with metrics.timed_stage("write") as stage:
+            result = await resources.sink.write(envelopes, seen_recently, positions)
+            stage.records = len(result.outcomes)
         metrics.batch_seconds.observe(time.perf_counter() - started)
         return result
 
@@ -154,10 +162,13 @@ async def apply_record_envelopes(stream: faust.StreamT[bytes]) -> None:
         arrivals = [(e.message.partition, e.message.offset) for e in events]
         async with write_lock:
             await fill_gaps(arrivals, topic, gap_reader)
-            await write_deliveries([
-                decode(e.message.partition, e.message.offset, e.message.timestamp, e.value)
-                for e in events
-            ])
+            with metrics.timed_stage("consume") as stage:
+                deliveries = [
+                    decode(e.message.partition, e.message.offset, e.message.timestamp, e.value)
+                    for e in events
+                ]
+                stage.records = sum(len(d.envelope.items) for d in deliveries if d.envelope)
+            await write_deliveries(deliveries)
         stamp = time.monotonic()
         for partition, _ in arrivals:
             last_delivery[partition] = stamp
@@ -203,9 +214,27 @@ async def catch_up_idle_partitions() -> None:
 
 
 async def write_deliveries(deliveries: list[Delivery]) -> None:
-    """Write envelopes chunk by chunk; publish each chunk's outcomes after its commit."""
-    if not deliveries:
-        return
+    """Write envelopes, partitions side by side; return once every outcome is published.
+
+    Partitions hold disjoint keys (and so disjoint record hashes), so their transactions
+    do not touch the same rows except job counters, which every transaction locks in
+    job-id order. Writing them concurrently keeps PostgreSQL busy while this process
+    decodes and publishes; within a partition, chunks stay in offset order.
+    """
+    by_partition: dict[int, list[Delivery]] = defaultdict(list)
+    for delivery in deliveries:
+        by_partition[delivery.partition].append(delivery)
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(write_partition(batch)) for batch in by_partition.values()]
+    with metrics.timed_stage("publish"):
+        await asyncio.gather(*(sent for task in tasks for sent in task.result()))
+
+
+async def write_partition(deliveries: list[Delivery]) -> list[Awaitable[object]]:
+    """Write one partition's envelopes chunk by chunk; outcomes are sent after each commit.
+
+    Returns the pending sends: the caller waits for them before acknowledging anything.
+    """
     delivery_of = {id(d.envelope): d for d in deliveries if d.envelope is not None}
     chunks = chunk_by_records(
         [d.envelope for d in deliveries if d.envelope is not None], settings.batch_size
@@ -213,7 +242,8 @@ async def write_deliveries(deliveries: list[Delivery]) -> None:
     if not chunks:
         positions = next_positions([(d.partition, d.offset) for d in deliveries])
         await until_done(lambda: resources.sink.advance(positions), "position write")
-        return
+        return []
+    sent: list[Awaitable[object]] = []
     for n, chunk in enumerate(chunks):
         covered = [delivery_of[id(e)] for e in chunk]
         if n == len(chunks) - 1:
@@ -227,11 +257,11 @@ async def write_deliveries(deliveries: list[Delivery]) -> None:
         for envelope_id, digests in by_envelope.items():
             d = delivery_of[envelope_id]
             remember_applied(d.partition, d.offset, digests, stamp)
-        sent = [
-            await results_topic.send(key=job_id.encode(), value=value)
-            for job_id, value in result_messages(result, chunk)
-        ]
-        await asyncio.gather(*sent)
+        for job_id, value in result_messages(result, chunk):
+            sent.append(await results_topic.send(
+                key=job_id.encode(), value=value, headers=job_header(result, job_id)
+            ))
         tally = Counter(o.status for o in result.outcomes)
         for status, count in tally.items():
             metrics.records_written.labels(chunk[0].target, status).inc(count)
+    return sent

@@ -67,6 +67,17 @@ def outcome_document(outcome: Outcome, *, from_kafka: bool) -> dict[str, Any]:
     return doc
 
 
+JOB_HEADER = "sluice-job"
+"""Results-message header carrying the job snapshot alone, so that the report agent
+need not parse a thousand outcomes to learn a job's counts."""
+
+
+def job_header(result: BatchResult, job_id: str) -> dict[str, bytes] | None:
+    """The header carrying a job's snapshot after this batch, if the batch moved its counts."""
+    snapshot = result.jobs.get(job_id)
+    return None if snapshot is None else {JOB_HEADER: orjson.dumps(snapshot, default=str)}
+
+
 def result_messages(
     result: BatchResult, envelopes: Sequence[Envelope]
 ) -> list[tuple[str, bytes]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
+from agents.batching import JOB_HEADER
 from app.sink import TERMINAL_STATES
 
 
@@ -27,6 +29,14 @@ def next_progress(
     if due:
         merged["reported"] = True
     return merged, due
+
+
+def snapshot_of(headers: Iterable[tuple[str, bytes | None]] | None, value: bytes) -> Any:
+    """A results message's job snapshot: from its header, else (older messages) its body."""
+    for key, header in headers or ():
+        if key == JOB_HEADER and header is not None:
+            return orjson.loads(header)
+    return orjson.loads(value).get("job")
 
 
 def job_report(snapshot: dict[str, Any]) -> bytes:

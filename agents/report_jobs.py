@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 
 import faust
-import orjson
 
 from agents.apply_records import results_topic
-from agents.progress import job_report, next_progress
+from agents.progress import job_report, next_progress, snapshot_of
+from app import metrics
 from app.faust_app import app, topics
 from app.settings import get_settings
 from tables.job_progress import job_to_progress
@@ -29,13 +29,14 @@ job_reports_topic = app.topic(
 @app.agent(results_topic)
 async def materialise_job_reports(results: faust.StreamT[bytes]) -> None:
     """Track each job's progress; publish its report once it is terminal."""
-    async for value in results:
-        snapshot = orjson.loads(value).get("job")
-        if not snapshot:
-            continue
-        job_id = snapshot["job_id"]
-        merged, due = next_progress(job_to_progress[job_id], snapshot)
-        job_to_progress[job_id] = merged
-        if due:
-            await job_reports_topic.send(key=job_id.encode(), value=job_report(snapshot))
-            log.info("job finished", extra={"job_id": job_id, "state": snapshot["state"]})
+    async for event in results.events():
+        with metrics.timed_stage("report"):
+            snapshot = snapshot_of(event.message.headers, event.value or b"")
+            if not snapshot:
+                continue
+            job_id = snapshot["job_id"]
+            merged, due = next_progress(job_to_progress[job_id], snapshot)
+            job_to_progress[job_id] = merged
+            if due:
+                await job_reports_topic.send(key=job_id.encode(), value=job_report(snapshot))
+                log.info("job finished", extra={"job_id": job_id, "state": snapshot["state"]})

@@ -52,7 +52,8 @@ class WorkerResources(faust.Service):
         """Connect, create missing tables, expose metrics."""
         settings = get_settings()
         _, dsn, _ = settings.require_services()
-        self._pool = await create_pool(dsn, max_size=4)
+        # One connection per partition written concurrently, plus position reads and gap fills.
+        self._pool = await create_pool(dsn, max_size=settings.partitions + 2)
         await migrate(self._pool, self.targets)
         self._sink = PostgresSink(
             self._pool, self.targets,

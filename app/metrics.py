@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Seconds. HTTP submissions of large payloads take seconds; status reads take
@@ -54,3 +58,33 @@ partition_gaps = Counter(
     "sluice_partition_gaps_total",
     "Records partitions delivered past their committed position; the gap was read directly.",
 )
+stage_seconds = Counter(
+    "sluice_stage_seconds_total",
+    "Time spent in each pipeline stage; with sluice_stage_records_total it gives a rate per stage.",
+    ["stage"],
+)
+stage_records = Counter(
+    "sluice_stage_records_total", "Records that went through each pipeline stage.", ["stage"]
+)
+
+
+class StageTimer:
+    """Set ``records`` inside the block when the count is only known there."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: int) -> None:
+        self.records = records
+
+
+@contextmanager
+def timed_stage(stage: str, records: int = 0) -> Iterator[StageTimer]:
+    """Count the time spent (and records handled) in one stage of the pipeline."""
+    timer = StageTimer(records)
+    started = time.perf_counter()
+    try:
+        yield timer
+    finally:
+        stage_seconds.labels(stage).inc(time.perf_counter() - started)
+        if timer.records:
+            stage_records.labels(stage).inc(timer.records)

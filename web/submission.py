@@ -182,9 +182,11 @@ async def submit(
     try:
         try:
             async with asyncio.timeout_at(deadline):
-                target, operation, count = await spool_payload(
-                    ctx, reader, job_id, query_target, query_operation, spool
-                )
+                with metrics.timed_stage("parse") as stage:
+                    target, operation, count = await spool_payload(
+                        ctx, reader, job_id, query_target, query_operation, spool
+                    )
+                    stage.records = count
         except TimeoutError as e:
             raise Problem(408, "Submission timed out",
                           f"the body was not received and parsed within {timeout_s:g} s; "
@@ -192,7 +194,8 @@ async def submit(
         await jobs.create_receiving_job(ctx.pool, job_id, target.name, operation, count)
         try:
             async with asyncio.timeout_at(deadline):
-                await produce_spool(ctx, spool)
+                with metrics.timed_stage("produce", count):
+                    await produce_spool(ctx, spool)
         except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
             await asyncio.shield(jobs.fail_job(ctx.pool, job_id, "broker unavailable during submission"))
             if isinstance(e, asyncio.CancelledError):
