@@ -254,9 +254,10 @@ async def write_partition(deliveries: list[Delivery]) -> list[Awaitable[object]]
         for envelope, digest in result.applied_hashes:
             by_envelope[id(envelope)].append(digest)
         stamp = now()
-        for envelope_id, digests in by_envelope.items():
-            d = delivery_of[envelope_id]
-            remember_applied(d.partition, d.offset, digests, stamp)
+        with metrics.timed_stage("dedup", len(result.applied_hashes)):
+            for envelope_id, digests in by_envelope.items():
+                d = delivery_of[envelope_id]
+                remember_applied(d.partition, d.offset, digests, stamp)
         for job_id, value in result_messages(result, chunk):
             sent.append(await results_topic.send(
                 key=job_id.encode(), value=value, headers=job_header(result, job_id)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from app.sink import BatchResult, Outcome
-from schemas.envelope import Envelope
+from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope
 
 
 def find_gaps(
@@ -79,28 +79,50 @@ def job_header(result: BatchResult, job_id: str) -> dict[str, bytes] | None:
 
 
 def result_messages(
-    result: BatchResult, envelopes: Sequence[Envelope]
+    result: BatchResult, envelopes: Sequence[Envelope], max_bytes: int = MAX_ENVELOPE_BYTES
 ) -> list[tuple[str, bytes]]:
-    """One results-topic message per job in the batch: its outcomes and job snapshot."""
+    """Results-topic messages per job in the batch: its outcomes and job snapshot.
+
+    A job's outcomes are split over several messages, each with the snapshot, when long
+    keys would otherwise push one past the broker's message size limit.
+    """
     sources = {e.job_id: (e.target, e.operation, e.source_topic, e.source_partition)
                for e in envelopes}
     by_job: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in (*result.replayed, *result.outcomes):
         by_job[outcome.job_id].append(outcome)
-    messages = []
+    messages: list[tuple[str, bytes]] = []
     for job_id, outcomes in by_job.items():
         target, operation, source_topic, source_partition = sources[job_id]
         outcomes.sort(key=lambda o: o.index)
-        doc: dict[str, Any] = {
-            "job_id": job_id,
-            "target": target,
-            "operation": operation,
-            "source": None
-            if source_topic is None
-            else {"topic": source_topic, "partition": source_partition},
-            "outcomes": [outcome_document(o, from_kafka=source_topic is not None)
-                         for o in outcomes],
-            "job": result.jobs.get(job_id),
-        }
-        messages.append((job_id, orjson.dumps(doc, default=str)))
+        from_kafka = source_topic is not None
+        documents = [outcome_document(o, from_kafka=from_kafka) for o in outcomes]
+
+        def encode(part: list[dict[str, Any]], job_id: str = job_id, target: str = target,
+                   operation: str = operation, source_topic: str | None = source_topic,
+                   source_partition: int | None = source_partition) -> bytes:
+            return orjson.dumps({
+                "job_id": job_id,
+                "target": target,
+                "operation": operation,
+                "source": None
+                if source_topic is None
+                else {"topic": source_topic, "partition": source_partition},
+                "outcomes": part,
+                "job": result.jobs.get(job_id),
+            }, default=str)
+
+        messages.extend((job_id, data) for data in _encode_bounded(encode, documents, max_bytes))
     return messages
+
+
+def _encode_bounded(
+    encode: Callable[[list[dict[str, Any]]], bytes], documents: list[dict[str, Any]], max_bytes: int
+) -> list[bytes]:
+    """Encode, halving the outcomes until each part fits (a single outcome is left whole)."""
+    data = encode(documents)
+    if len(data) <= max_bytes or len(documents) < 2:
+        return [data]
+    half = len(documents) // 2
+    return [*_encode_bounded(encode, documents[:half], max_bytes),
+            *_encode_bounded(encode, documents[half:], max_bytes)]

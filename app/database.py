@@ -16,10 +16,17 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK_ID = 0x5E1C_E001
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's RESET ALL round trip on every release: Sluice sets no session state
+    (no SET, LISTEN, cursors or session advisory locks), and its temporary staging
+    tables are meant to outlive a checkout. An open transaction is still rolled back."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
     """Open a pool; jit off because the sink's statements are short and jit only costs."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, server_settings={"jit": "off"}
+        dsn, min_size=min_size, max_size=max_size, server_settings={"jit": "off"},
+        reset=_keep_session,
     )
     assert pool is not None
     return pool

@@ -12,13 +12,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from app.errors import SluiceError
 from schemas.envelope import Envelope
-from schemas.identity import key_json, record_hash
+from schemas.identity import key_json_encoder, record_hash
 from schemas.sql import TargetStatements, statements_for
 from schemas.targets import Target
 
@@ -41,16 +41,19 @@ _MISSING = "missing"
 _ROW_ERROR_CLASSES = ("22", "23")
 
 
+class _RowsNeedIsolating(SluiceError):
+    """The optimistic write met a row the database refused: redo the batch row by row."""
+
+
 class JobNotSealed(SluiceError):
     """A job's records are still being produced; its envelopes must wait."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one record."""
+class Outcome(NamedTuple):
+    """What happened to one record (a named tuple: one is made per record)."""
 
     job_id: str
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here uses
     status: str
     key: str | None
     code: str | None = None
@@ -145,47 +148,68 @@ class PostgresSink:
         deduplication window; ``positions`` is where each partition continues once this
         batch is written, committed in the same transaction. Raises JobNotSealed if a
         job is still being received.
+
+        The first attempt writes each set of rows in one statement, without savepoints.
+        Only if the database rejects a row (or an insert meets an existing key) is the
+        transaction run again, isolating rows under savepoints to say which one failed.
         """
+        try:
+            return await self._write_transaction(envelopes, seen_recently, positions,
+                                                 careful=False)
+        except _RowsNeedIsolating:
+            return await self._write_transaction(envelopes, seen_recently, positions,
+                                                 careful=True)
+
+    async def _write_transaction(
+        self,
+        envelopes: Sequence[Envelope],
+        seen_recently: Callable[[bytes], bool],
+        positions: Mapping[int, int],
+        *,
+        careful: bool,
+    ) -> BatchResult:
         async with self._pool.acquire() as conn, conn.transaction():
             states = await self._job_states(conn, envelopes)
             live = [e for e in envelopes if states[e.job_id] != _MISSING]
+            # Every envelope is looked up, not only those below the committed position:
+            # the same records can come back at a new offset (a producer's retry, the
+            # forwarder re-forwarding after a crash).
             done = await self._already_written(conn, live)
             result = BatchResult(replayed=list(done.values()))
             pending: dict[tuple[str, str], list[_Pending]] = defaultdict(list)
             for envelope in live:
                 target = self._targets[envelope.target]
                 halted = states[envelope.job_id] in HALTED_STATES
+                key_json = key_json_encoder(target)
+                key_of = target.key_of
+                job_id = envelope.job_id
+                name, operation = envelope.target, envelope.operation
+                group = pending[(name, operation)]
                 for item in envelope.items:
-                    earlier = done.get((envelope.job_id, item.index))
-                    if earlier is not None:
-                        if earlier.status == SUCCEEDED and item.row is not None:
-                            # Applied before a crash: its hash may never have reached the table.
-                            result.applied_hashes.append((envelope, record_hash(
-                                envelope.target, envelope.operation, item.row)))
-                        continue
+                    row = item.row
+                    if done:
+                        earlier = done.get((job_id, item.index))
+                        if earlier is not None:
+                            if earlier.status == SUCCEEDED and row is not None:
+                                # Applied before a crash: its hash may never have reached the table.
+                                result.applied_hashes.append(
+                                    (envelope, record_hash(name, operation, row)))
+                            continue
                     if halted:
                         result.outcomes.append(Outcome(
-                            envelope.job_id, item.index, ABORTED,
-                            key_json(target, item.row) if item.row is not None else None,
+                            job_id, item.index, ABORTED, key_json(row) if row is not None else None,
                         ))
-                        continue
-                    if item.row is None:
+                    elif row is None:
                         result.outcomes.append(
-                            Outcome(envelope.job_id, item.index, FAILED, None,
-                                    item.error_code, item.error_message)
+                            Outcome(job_id, item.index, FAILED, None, item.error_code, item.error_message)
                         )
-                        continue
-                    pending[(envelope.target, envelope.operation)].append(
-                        _Pending(
-                            envelope,
-                            item.index,
-                            item.row,
-                            record_hash(envelope.target, envelope.operation, item.row),
-                            target.key_of(item.row),
-                        )
-                    )
+                    else:
+                        group.append(_Pending(envelope, item.index, row,
+                                              record_hash(name, operation, row), key_of(row)))
             for (target_name, operation), records in sorted(pending.items()):
-                await self._apply(conn, target_name, operation, records, seen_recently, result)
+                if records:
+                    await self._apply(conn, target_name, operation, records, seen_recently, result,
+                                      careful=careful)
             await self._record_outcomes(conn, result.outcomes)
             result.jobs = await self._update_jobs(conn, live, result.outcomes)
             await conn.execute(
@@ -257,8 +281,11 @@ class PostgresSink:
         records: list[_Pending],
         seen_recently: Callable[[bytes], bool],
         result: BatchResult,
+        *,
+        careful: bool,
     ) -> None:
         target = self._targets[target_name]
+        key_json = key_json_encoder(target)
         sql = self._statements[target_name]
         applied_here: set[bytes] = set()
         for generation in generations(records):
@@ -266,16 +293,19 @@ class PostgresSink:
             for record in generation:
                 if record.digest in applied_here or seen_recently(record.digest):
                     result.outcomes.append(
-                        Outcome(record.envelope.job_id, record.index, DUPLICATE,
-                                key_json(target, record.row))
+                        Outcome(record.envelope.job_id, record.index, DUPLICATE, key_json(record.row))
                     )
                 else:
                     fresh.append(record)
             if not fresh:
                 continue
-            failures = await self._write_isolating_bad_rows(conn, sql, target, operation, fresh)
+            if careful:
+                failures = await self._write_isolating_bad_rows(conn, sql, target, operation, fresh)
+            else:
+                await self._write_all_or_raise(conn, sql, target, operation, fresh)
+                failures = {}
             for n, record in enumerate(fresh):
-                key = key_json(target, record.row)
+                key = key_json(record.row)
                 failure = failures.get(n)
                 if failure is None:
                     applied_here.add(record.digest)
@@ -287,6 +317,29 @@ class PostgresSink:
                     result.outcomes.append(
                         Outcome(record.envelope.job_id, record.index, FAILED, key, *failure)
                     )
+
+    @staticmethod
+    async def _write_all_or_raise(
+        conn: asyncpg.Connection,
+        sql: TargetStatements,
+        target: Target,
+        operation: str,
+        records: list[_Pending],
+    ) -> None:
+        """Write records set-based in one go; _RowsNeedIsolating if any row does not go in."""
+        rows = [(n, *r.row) for n, r in enumerate(records)]
+        try:
+            if operation == "insert":
+                await _stage(conn, sql, rows)
+                written = int((await conn.execute(sql.insert_all)).rsplit(" ", 1)[1])
+                if written != len(rows):
+                    raise _RowsNeedIsolating("a key already exists")
+            else:
+                await PostgresSink._write_set(conn, sql, target, operation, rows)
+        except asyncpg.PostgresError as e:
+            if str(e.sqlstate).startswith(_ROW_ERROR_CLASSES):
+                raise _RowsNeedIsolating(str(e.sqlstate)) from e
+            raise
 
     async def _write_isolating_bad_rows(
         self,
@@ -327,8 +380,7 @@ class PostgresSink:
         rows: list[tuple[Any, ...]],
     ) -> dict[int, tuple[str, str]]:
         if operation == "delete":
-            await conn.execute(sql.create_key_stage)
-            await conn.execute(sql.truncate_key_stage)
+            await conn.execute(sql.prepare_key_stage)
             key_rows = [(r[0], *(r[1 + i] for i in target.key_indexes)) for r in rows]
             await conn.copy_records_to_table(
                 sql.key_stage, records=key_rows, columns=list(sql.key_stage_columns)
@@ -336,11 +388,7 @@ class PostgresSink:
             await conn.execute(sql.lock_for_delete)
             await conn.execute(sql.delete)
             return {}
-        await conn.execute(sql.create_stage)
-        await conn.execute(sql.truncate_stage)
-        await conn.copy_records_to_table(
-            sql.stage, records=rows, columns=list(sql.stage_columns)
-        )
+        await _stage(conn, sql, rows)
         if operation == "upsert":
             await conn.execute(sql.upsert)
             return {}
@@ -414,6 +462,12 @@ WHERE job_id = $1
 RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
           duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at
 """
+
+
+async def _stage(conn: asyncpg.Connection, sql: TargetStatements, rows: list[tuple[Any, ...]]) -> None:
+    """Fill the (empty) staging table with rows, by binary COPY."""
+    await conn.execute(sql.prepare_stage)
+    await conn.copy_records_to_table(sql.stage, records=rows, columns=list(sql.stage_columns))
 
 
 def _row_error_message(error: asyncpg.PostgresError) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,11 +30,11 @@ class EnvelopeError(SluiceError):
     """An envelope on the records topic that cannot be decoded."""
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One record inside an envelope."""
+class Item(NamedTuple):
+    """One record inside an envelope (a named tuple: built per record, twice as fast to make
+    as a frozen dataclass)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here uses
     """Position in the submitted payload (or the source offset for producer records)."""
     row: tuple[Any, ...] | None
     """Converted values in column order; None when the record failed validation."""

@@ -12,7 +12,8 @@ and dates as ISO 8601. Changing it moves keys to other partitions and makes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 from hashlib import blake2b
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ __all__ = [
     "KEY_ENCODING",
     "PartitionCountError",
     "key_json",
+    "key_json_encoder",
     "partition_for",
     "record_hash",
     "record_key",
@@ -49,7 +51,25 @@ def record_key(target: Target, row: Sequence[Any]) -> tuple[Any, ...]:
 
 def key_json(target: Target, row: Sequence[Any]) -> str:
     """The key as a compact JSON object in key order, for showing to clients."""
-    return _dumps(dict(zip(target.key, target.key_of(row), strict=True)), option=_OPTIONS).decode()
+    return key_json_encoder(target)(row)
+
+
+@cache
+def key_json_encoder(target: Target) -> Callable[[Sequence[Any]], str]:
+    """key_json for one target as a function of the row alone, for per-record loops.
+
+    A dict literal built from precomputed positions is about three times faster than
+    zipping names with values; targets with more key columns take the general path.
+    """
+    names, indexes = target.key, target.key_indexes
+    if len(names) == 1:
+        ((name,), (i,)) = names, indexes
+        return lambda row: _dumps({name: row[i]}, option=_OPTIONS).decode()
+    if len(names) == 2:
+        (a, b), (i, j) = names, indexes
+        return lambda row: _dumps({a: row[i], b: row[j]}, option=_OPTIONS).decode()
+    key_of = target.key_of
+    return lambda row: _dumps(dict(zip(names, key_of(row), strict=True)), option=_OPTIONS).decode()
 
 
 def partition_for(target_name: str, key: Sequence[Any], partitions: int) -> int:

@@ -31,16 +31,17 @@ class TargetStatements:
     """Every statement the sink needs for one target."""
 
     create_table: str
-    create_stage: str
-    create_key_stage: str
+    prepare_stage: str
+    """Create the session's staging table if missing and empty it, in one round trip."""
+    prepare_key_stage: str
     stage: str
     key_stage: str
     stage_columns: tuple[str, ...]
     key_stage_columns: tuple[str, ...]
-    truncate_stage: str
-    truncate_key_stage: str
     insert: str
     """Insert staged rows, skipping existing keys; returns the _ord of rows inserted."""
+    insert_all: str
+    """Insert staged rows, skipping existing keys; the command tag tells how many went in."""
     upsert: str
     lock_for_delete: str
     delete: str
@@ -73,24 +74,25 @@ def statements_for(target: Target) -> TargetStatements:
     ordered_select = f"SELECT {col_list} FROM {stage} ORDER BY {key_list}"
     return TargetStatements(
         create_table=f"CREATE TABLE IF NOT EXISTS {table} ({definitions}, PRIMARY KEY ({key_list}))",
-        create_stage=(
+        prepare_stage=(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-            f"({quote(ORD)} integer, {', '.join(f'{quote(c.name)} {c.pg_type}' for c in target.columns)})"
+            f"({quote(ORD)} integer, {', '.join(f'{quote(c.name)} {c.pg_type}' for c in target.columns)});"
+            f" TRUNCATE {stage}"
         ),
-        create_key_stage=(
-            f"CREATE TEMP TABLE IF NOT EXISTS {key_stage} ({quote(ORD)} integer, {key_definitions})"
+        prepare_key_stage=(
+            f"CREATE TEMP TABLE IF NOT EXISTS {key_stage} ({quote(ORD)} integer, {key_definitions});"
+            f" TRUNCATE {key_stage}"
         ),
         stage=stage.strip('"'),
         key_stage=key_stage.strip('"'),
         stage_columns=(ORD, *target.column_names),
         key_stage_columns=(ORD, *target.key),
-        truncate_stage=f"TRUNCATE {stage}",
-        truncate_key_stage=f"TRUNCATE {key_stage}",
         insert=(
             f"WITH i AS (INSERT INTO {table} ({col_list}) {ordered_select} "
             f"ON CONFLICT ({key_list}) DO NOTHING RETURNING {key_list}) "
             f"SELECT s.{quote(ORD)} FROM {stage} s JOIN i ON {join_on}"
         ),
+        insert_all=f"INSERT INTO {table} ({col_list}) {ordered_select} ON CONFLICT ({key_list}) DO NOTHING",
         upsert=(
             f"INSERT INTO {table} ({col_list}) {ordered_select} "
             f"ON CONFLICT ({key_list}) {on_conflict}"

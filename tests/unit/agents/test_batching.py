@@ -258,3 +258,16 @@ def test_redeliveries_before_the_position_are_no_gap() -> None:
 def test_next_positions_is_one_past_the_highest_offset() -> None:
     assert next_positions([(0, 4), (1, 9), (0, 2)]) == {0: 5, 1: 10}
     assert next_positions([]) == {}
+
+
+def test_outcomes_of_one_job_are_split_to_fit_a_message() -> None:
+    envelope = _envelope(40)
+    long_key = orjson.dumps({"sensor_id": "k" * 1_000}).decode()
+    result = BatchResult(outcomes=[
+        Outcome(envelope.job_id, i, "succeeded", long_key) for i in range(40)
+    ])
+    messages = result_messages(result, [envelope], max_bytes=10_000)
+    assert len(messages) > 1
+    assert all(len(value) <= 10_000 for _, value in messages)
+    indexes = [o["index"] for _, value in messages for o in orjson.loads(value)["outcomes"]]
+    assert indexes == list(range(40))

@@ -98,17 +98,24 @@ def test_stage_tables(sensor: TargetStatements) -> None:
     stage, keys = sensor.stage, sensor.key_stage
     assert sensor.stage_columns == (ORD, "sensor_id", "value", "sampled_at")
     assert sensor.key_stage_columns == (ORD, "sensor_id", "sampled_at")
-    assert sensor.create_stage == (
+    # One round trip: create the session's staging table if missing, then empty it.
+    assert sensor.prepare_stage == (
         f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" ('
         '"_sluice_ord" integer, "sensor_id" text, "value" double precision, '
-        '"sampled_at" timestamptz)'
+        f'"sampled_at" timestamptz); TRUNCATE "{stage}"'
     )
-    assert sensor.create_key_stage == (
+    assert sensor.prepare_key_stage == (
         f'CREATE TEMP TABLE IF NOT EXISTS "{keys}" ('
-        '"_sluice_ord" integer, "sensor_id" text, "sampled_at" timestamptz)'
+        f'"_sluice_ord" integer, "sensor_id" text, "sampled_at" timestamptz); TRUNCATE "{keys}"'
     )
-    assert sensor.truncate_stage == f'TRUNCATE "{stage}"'
-    assert sensor.truncate_key_stage == f'TRUNCATE "{keys}"'
+
+
+def test_insert_all_reports_its_count_in_the_command_tag(sensor: TargetStatements) -> None:
+    assert sensor.insert_all == (
+        'INSERT INTO "sensor_readings" ("sensor_id", "value", "sampled_at") '
+        f'SELECT "sensor_id", "value", "sampled_at" FROM "{sensor.stage}" '
+        'ORDER BY "sensor_id", "sampled_at" ON CONFLICT ("sensor_id", "sampled_at") DO NOTHING'
+    )
 
 
 def test_insert_skips_existing_keys_and_returns_ordinals(sensor: TargetStatements) -> None:
@@ -197,7 +204,7 @@ def test_nullable_columns_have_no_not_null(reordered: TargetStatements) -> None:
         '"c" double precision, "d" boolean NOT NULL, PRIMARY KEY ("b", "a"))'
     )
     # Staging tables carry no constraints: bad rows are found by the real insert.
-    assert "NOT NULL" not in reordered.create_stage
+    assert "NOT NULL" not in reordered.prepare_stage
 
 
 def test_every_type_maps_to_its_pg_type(tmp_path: Path) -> None:
@@ -219,10 +226,10 @@ def test_every_type_maps_to_its_pg_type(tmp_path: Path) -> None:
             **{"sluice.key": ["s"]},
         )
     )
-    assert statements.create_stage == (
+    assert statements.prepare_stage.startswith(
         f'CREATE TEMP TABLE IF NOT EXISTS "{statements.stage}" ("_sluice_ord" integer, '
         '"s" text, "i" integer, "l" bigint, "f" real, "d" double precision, "b" boolean, '
-        '"tm" timestamptz, "tu" timestamptz, "dt" date)'
+        '"tm" timestamptz, "tu" timestamptz, "dt" date);'
     )
 
 
@@ -244,7 +251,7 @@ def test_staging_identifiers_stay_distinct_within_postgres_limit(tmp_path: Path)
     for statement in statements:
         for identifier in (statement.stage, statement.key_stage):
             assert len(identifier.encode()) <= PG_IDENTIFIER_BYTES, identifier
-            assert f'"{identifier}"' in statement.create_stage + statement.create_key_stage
+            assert f'"{identifier}"' in statement.prepare_stage + statement.prepare_key_stage
 
 
 # --- bookkeeping -------------------------------------------------------------------
