@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from app import logs
 from app.settings import env_var, get_settings
@@ -55,16 +53,6 @@ def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env)
 
 
-def _record_stack(data_dir: Path, env: dict[str, str]) -> None:
-    """Let `sluice bench` find the services this run started (local dev data only)."""
-    from app.bench import STACK_FILE
-
-    stack = {name: env[env_var(name)] for name in ("kafka_bootstrap", "database_url", "redis_url")}
-    path = data_dir / STACK_FILE
-    path.write_text(json.dumps(stack))
-    path.chmod(0o600)
-
-
 def run_all(args: argparse.Namespace) -> int:
     """Embedded services (unless configured), topics, tables, a worker and the web server."""
     from app.embedded import EmbeddedStack, child_environment, wait_for_port
@@ -91,7 +79,6 @@ def run_all(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         env = child_environment(stack.start())
-        _record_stack(settings.data_dir, env)
         targets = sorted(load_targets(settings.targets_dir))
         asyncio.run(ensure_topics(env[env_var("kafka_bootstrap")],
                                   all_topics(TopicNames(settings.topic_prefix), targets),
@@ -127,10 +114,11 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """End-to-end throughput against a running stack, beside a raw COPY baseline."""
-    from app.bench import main as bench_main
+    """End-to-end throughput on a stack of its own, beside a raw COPY baseline."""
+    from app.bench.main import main as bench_main
 
-    return asyncio.run(bench_main(args))
+    logs.configure("WARNING", get_settings().library_log_level)
+    return bench_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="start everything (embedded services unless configured)")
     sub.add_parser("worker", help="start one stream-processing worker")
     sub.add_parser("web", help="start one HTTP ingress process")
-    bench = sub.add_parser("bench", help="measure end-to-end records/s against a running stack")
-    bench.add_argument("--records", type=int, default=100_000)
-    bench.add_argument("--url", default=None, help="base URL (default: settings' host:port)")
-    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from app.bench.main import add_arguments
+
+    add_arguments(sub.add_parser(
+        "bench", help="measure throughput on a stack of its own (no `sluice run` needed)"))
     args = parser.parse_args(argv)
     handlers = {"run": run_all, "worker": run_worker, "web": run_web, "bench": run_bench}
     return handlers[args.command](args)

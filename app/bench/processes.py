@@ -1,0 +1,121 @@
+"""The processes a benchmark measures: services once, then web and worker per configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.embedded import EmbeddedStack, free_port, wait_for_port
+from app.settings import Settings, env_var
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process now (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ProcessLookupError(pid)
+
+
+@dataclass
+class Pipeline:
+    """One worker and one web process sharing a fresh topic prefix and consumer group."""
+
+    name: str
+    base_url: str
+    worker_metrics_url: str
+    topic_prefix: str
+    web: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """Stop both processes (TERM, then KILL after 15 s)."""
+        for process in (self.web, self.worker):
+            if process.poll() is None:
+                process.terminate()
+        for process in (self.web, self.worker):
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@dataclass
+class BenchServices:
+    """Broker, PostgreSQL and Valkey: embedded unless the settings point elsewhere."""
+
+    settings: Settings
+    data: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-bench-")))
+    env: dict[str, str] = field(default_factory=dict)
+    _stack: EmbeddedStack | None = None
+    _pipelines: list[Pipeline] = field(default_factory=list)
+
+    def start(self) -> BenchServices:
+        """Start whatever is not configured."""
+        # PostgreSQL started as root runs as its own user: keep the folder readable.
+        self.data.chmod(0o755)
+        s = self.settings
+        self._stack = EmbeddedStack(
+            data_dir=self.data,
+            kafka_bootstrap=s.kafka_bootstrap,
+            database_url=s.database_url.get_secret_value() if s.database_url else None,
+            redis_url=s.redis_url.get_secret_value() if s.redis_url else None,
+        )
+        self.env = {**os.environ, **self._stack.start()}
+        return self
+
+    @property
+    def dsn(self) -> str:
+        """Where PostgreSQL is."""
+        return self.env[env_var("database_url")]
+
+    @property
+    def kafka(self) -> str:
+        """Where the broker is."""
+        return self.env[env_var("kafka_bootstrap")]
+
+    def pipeline(self, name: str, **settings: str) -> Pipeline:
+        """Start a worker and a web process with these settings (on top of the environment)."""
+        run = uuid.uuid4().hex[:6]
+        port, metrics_port = free_port(), free_port()
+        prefix = f"bench-{name}-{run}"
+        env = {
+            **self.env,
+            env_var("http_host"): "127.0.0.1",
+            env_var("http_port"): str(port),
+            env_var("worker_metrics_port"): str(metrics_port),
+            env_var("topic_prefix"): prefix,
+            env_var("worker_id"): prefix,
+            env_var("log_level"): "WARNING",
+            **{env_var(k): v for k, v in settings.items()},
+        }
+        logs = self.data / "logs"
+        logs.mkdir(exist_ok=True)
+
+        def spawn(command: str) -> subprocess.Popen[bytes]:
+            with open(logs / f"{prefix}-{command}.log", "ab") as out:
+                return subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env,
+                                        stdout=out, stderr=subprocess.STDOUT)
+
+        web = spawn("web")
+        worker = spawn("worker")
+        pipeline = Pipeline(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}",
+                            prefix, web, worker)
+        self._pipelines.append(pipeline)
+        wait_for_port(port, timeout=60)
+        wait_for_port(metrics_port, timeout=60)
+        return pipeline
+
+    def stop(self) -> None:
+        """Stop every process and service started, and delete the data folder."""
+        for pipeline in self._pipelines:
+            pipeline.stop()
+        if self._stack is not None:
+            self._stack.stop()
+        shutil.rmtree(self.data, ignore_errors=True)

@@ -1,0 +1,33 @@
+"""`sluice bench` runs on a stack of its own and reports every figure it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+
+def test_bench_prints_every_figure_as_json() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", "--records", "4000", "--payloads", "4",
+         "--big-mb", "0.5", "--producer-records", "300", "--sweep", "500,2000",
+         "--sweep-records", "1000", "--json"],
+        capture_output=True, timeout=280, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+    figures = orjson.loads(completed.stdout)
+    single, concurrent, big = figures["single"], figures["concurrent"], figures["big"]
+    assert (single["records"], concurrent["records"]) == (4000, 4000)
+    assert single["states"] == concurrent["states"] == big["states"] == ["completed"]
+    assert 0 < big["payload_mb"] <= 0.5 and big["peak_web_rss_mb"] > 10
+    stages = {s["stage"]: s for s in single["stages"]}
+    assert set(stages) == {"parse", "produce", "consume", "dedup", "write", "publish", "report"}
+    for stage in ("parse", "produce", "consume", "write"):
+        assert stages[stage]["records"] == 4000 and stages[stage]["seconds"] > 0, stage
+    assert figures["producers"]["records"] == 300 and figures["producers"]["records_per_s"] > 0
+    assert figures["copy"]["records"] == 4000 and 0 < figures["copy"]["end_to_end_ratio"] < 1
+    assert [r["batch_size"] for r in figures["batch_sweep"]["runs"]] == [500, 2000]
+    assert {t["what"].split(",")[0] for t in figures["targets"]} >= {"end to end", "big payload"}
+    # Progress goes to stderr, so that stdout stays machine-readable.
+    assert b"one payload of 4,000 records" in completed.stderr
