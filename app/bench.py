@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from app.devauth import local_stack_headers
 from app.settings import Settings, get_settings
 
 STACK_FILE = "stack.json"
@@ -66,7 +67,8 @@ async def copy_baseline(dsn: str, rows: list[tuple[str, float, datetime]]) -> fl
 
 async def end_to_end(base_url: str, body: bytes, wait_s: float) -> dict[str, Any]:
     """Submit, then poll until terminal: seconds to 202 and to the terminal state."""
-    async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=None)) as http:
+    async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=None),
+                                     headers=local_stack_headers(get_settings())) as http:
         started = time.perf_counter()
         async with http.post("/v1/bulk-operations",
                              params={"target": "sensor_readings", "operation": "insert"},

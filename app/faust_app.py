@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import faust
 
-from app.settings import get_settings
+from app.kafka import security_options
+from app.settings import Settings, get_settings
 from app.topics import TopicNames
+
+
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust's form of the same SASL/TLS settings every other Kafka client uses."""
+    options = security_options(settings)
+    protocol, context = options["security_protocol"], options.get("ssl_context")
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"], ssl_context=context,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None
 
 
 def create_app() -> faust.App:
@@ -18,6 +33,7 @@ def create_app() -> faust.App:
     return faust.App(
         settings.worker_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         store=settings.table_store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,

@@ -54,3 +54,10 @@ partition_gaps = Counter(
     "sluice_partition_gaps_total",
     "Records partitions delivered past their committed position; the gap was read directly.",
 )
+rate_limit_fail_open = Counter(
+    "sluice_rate_limit_fail_open_total",
+    "Rate-limit checks let through because Redis did not answer.",
+)
+auth_failures = Counter(
+    "sluice_auth_failures_total", "Requests refused by authentication or authorisation.", ["status"]
+)
