@@ -84,7 +84,7 @@ def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
     if settings.auth_jwks_file or settings.auth_jwks_url:
         return {}, None  # real keys configured: the children read them from the environment
     dev = ensure_dev_auth(settings.data_dir)
-    return dev_environment(dev, settings), dev_token(dev, settings)
+    return dev_environment(dev, settings.access_policy_file), dev_token(dev, settings)
 
 
 def run_all(args: argparse.Namespace) -> int:

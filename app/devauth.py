@@ -121,14 +121,14 @@ def ensure_dev_auth(data_dir: Path) -> DevAuth:
     return DevAuth(directory, jwk["kid"])
 
 
-def dev_environment(dev: DevAuth, settings: Settings) -> dict[str, str]:
-    """The variables that make child web processes trust the dev key (and its policy)."""
+def dev_environment(dev: DevAuth, policy_file: Path | None = None) -> dict[str, str]:
+    """The variables that make child web processes trust the dev key (and use its policy,
+    unless another policy file is given)."""
     return {
         env_var("auth_jwks_file"): str(dev.jwks_file.resolve()),
         env_var("auth_issuer"): DEV_ISSUER,
         env_var("auth_audience"): DEV_AUDIENCE,
-        env_var("access_policy_file"): str(
-            (settings.access_policy_file or dev.policy_file).resolve()),
+        env_var("access_policy_file"): str((policy_file or dev.policy_file).resolve()),
     }
 
 
