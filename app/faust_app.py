@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import faust
 
-from app.kafka import security_options
-from app.settings import Settings, get_settings
+from app.kafka import broker_credentials
+from app.settings import get_settings
 from app.topics import TopicNames
-
-
-def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    """Faust's form of the same SASL/TLS settings every other Kafka client uses."""
-    options = security_options(settings)
-    protocol, context = options["security_protocol"], options.get("ssl_context")
-    if protocol.startswith("SASL_"):
-        return faust.SASLCredentials(
-            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
-            mechanism=options["sasl_mechanism"], ssl_context=context,
-        )
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return None
 
 
 def create_app() -> faust.App:

@@ -45,6 +45,22 @@ def security_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def broker_credentials(settings: Settings) -> Any:
+    """Faust's form of the same settings (``broker_credentials``), or None for PLAINTEXT."""
+    import faust  # only workers need it; the web process does not pay for the import
+
+    options = security_options(settings)
+    protocol, context = options["security_protocol"], options.get("ssl_context")
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"], ssl_context=context,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None
+
+
 def all_topics(names: TopicNames, targets: list[str]) -> list[str]:
     """Every topic Sluice owns (Faust creates its changelog topics itself)."""
     return [names.records, names.results, names.job_reports,
