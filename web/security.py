@@ -18,7 +18,15 @@ from aiohttp import web
 from app import metrics
 from app.settings import Settings
 from web.access import AccessPolicy, is_allowed, limits_for, may_use_target
-from web.auth import AuthError, Principal, TokenPolicy, authenticate, bearer_token, missing_scopes
+from web.auth import (
+    SCOPE_WRITE,
+    AuthError,
+    Principal,
+    TokenPolicy,
+    authenticate,
+    bearer_token,
+    missing_scopes,
+)
 from web.jwks import KeySet, file_loader, url_loader
 from web.problems import Problem
 from web.ratelimit import Bucket, Decision, RateLimiter, rate_limit_headers
@@ -127,6 +135,9 @@ def require_scope(request: web.Request, scope: str) -> Principal:
     """The principal, if its token carries ``scope``; 403 otherwise."""
     principal = principal_of(request)
     if missing_scopes(principal, [scope]):
+        if scope == SCOPE_WRITE:
+            audit("bulk operation refused", principal, method=request.method, path=request.path,
+                  outcome="insufficient-scope")
         raise forbidden(f"this requires the {scope} scope", slug="insufficient-scope", scope=scope)
     return principal
 
