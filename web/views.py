@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import jobs, metrics
 from web.auth import SCOPE_READ, SCOPE_WRITE
-from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse
+from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.payloads import PayloadReader, media_type_for
 from web.problems import Problem
 from web.security import audit, charge_records, check_target, require_scope
@@ -101,8 +101,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                      query_operation if query_operation in ("insert", "upsert", "delete") else None)
     key = _idempotency_key(request)
     if key is not None:
-        # Keys are per tenant: another tenant's key can neither collide nor replay its job.
-        key = f"{principal.tenant}\x00{key}"
+        key = tenant_scoped(principal.tenant, key)
     fingerprint = Fingerprint(
         request.path, query_target or "", query_operation or "", media_type.value,
         request.headers.get("Content-Encoding", ""),
