@@ -130,7 +130,7 @@ def run_all(args: argparse.Namespace) -> int:
         base = f"{scheme}://{settings.http_host}:{settings.http_port}"
         token_line = (
             f"  export TOKEN='{token}'\n"
-            f"  (a dev token, valid {settings.auth_max_token_lifetime_s // 60} min; "
+            f"  (a dev token, valid {min(3600, settings.auth_max_token_lifetime_s) // 60} min; "
             "`sluice token --sub NAME --tenant T --scope bulk:write --role dev` mints more)\n\n"
             if token else "  export TOKEN=...   (a token from your identity provider)\n\n"
         )

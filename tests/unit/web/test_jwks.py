@@ -74,3 +74,28 @@ async def test_file_loader_and_parse_keys(tmp_path: Path) -> None:
     path.write_text(json.dumps({"keys": [_jwk("a"), {"kty": "EC", "use": "enc", "kid": "x"},
                                          {"kty": "EC"}, {"kid": "broken", "kty": "nope"}]}))
     assert set(parse_keys(await file_loader(path)())) == {"a"}
+
+
+async def test_url_loader_fetches_over_http() -> None:
+    from aiohttp import web
+
+    from app.embedded import free_port
+    from web.jwks import url_loader
+
+    doc = {"keys": [_jwk("u")]}
+
+    async def serve(_: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        keys = KeySet(url_loader(f"http://127.0.0.1:{port}/jwks.json"), ttl_s=60, min_refetch_s=0)
+        assert await keys.get("u") is not None
+    finally:
+        await runner.cleanup()
