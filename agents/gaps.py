@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from app.kafka import MAX_REQUEST_BYTES
+from app.kafka import MAX_REQUEST_BYTES, security_options
+from app.settings import get_settings
 
 # A gap is read a slice at a time so its envelopes are written without holding it all.
 SLICE_RECORDS = 32
@@ -29,7 +30,8 @@ class GapReader:
     async def offsets(self, partitions: set[int]) -> tuple[dict[int, int], dict[int, int]]:
         """(earliest, end) offsets of the partitions, straight from the broker."""
         tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False,
+                                    **security_options(get_settings()))
         await consumer.start()
         try:
             earliest = await consumer.beginning_offsets(tps)
@@ -50,6 +52,7 @@ class GapReader:
             # Retention may have removed the start of the range: read what is left.
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+            **security_options(get_settings()),
         )
         await consumer.start()
         try:

@@ -7,12 +7,13 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 
 from app import logs
-from app.settings import env_var, get_settings
+from app.settings import LOOPBACK_HOSTS, Settings, env_var, get_settings
 
 log = logging.getLogger("sluice")
 
@@ -34,6 +35,16 @@ def run_worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS 1.3 only when a certificate is configured; None means plain HTTP (loopback only)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
 def run_web(_: argparse.Namespace) -> int:
     """One HTTP ingress process."""
     from aiohttp import web
@@ -42,8 +53,9 @@ def run_web(_: argparse.Namespace) -> int:
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)
     settings = get_settings()
-    web.run_app(create_web_app(settings), host=settings.http_host, port=settings.http_port,
-                access_log=None, print=None,
+    app = create_web_app(settings)  # refuses to start without authentication or TLS set up
+    web.run_app(app, host=settings.http_host, port=settings.http_port,
+                ssl_context=server_tls_context(settings), access_log=None, print=None,
                 # Decompression is ours: bounded per chunk, counted against the body limit.
                 auto_decompress=False)
     return 0
@@ -51,6 +63,16 @@ def run_web(_: argparse.Namespace) -> int:
 
 def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env)
+
+
+def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
+    """(env for the children, a dev token) — the dev key unless an identity provider is set."""
+    from app.devauth import dev_environment, dev_token, ensure_dev_auth
+
+    if settings.auth_jwks_file or settings.auth_jwks_url:
+        return {}, None  # real keys configured: the children read them from the environment
+    dev = ensure_dev_auth(settings.data_dir)
+    return dev_environment(dev, settings.access_policy_file), dev_token(dev, settings)
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -62,6 +84,9 @@ def run_all(args: argparse.Namespace) -> int:
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)
     settings = get_settings()
+    if not settings.tls_enabled and settings.http_host not in LOOPBACK_HOSTS:
+        raise SystemExit(f"sluice run serves plain HTTP on loopback only, not on {settings.http_host}; "
+                         "set SLUICE_TLS_CERT_FILE and SLUICE_TLS_KEY_FILE to listen elsewhere")
     stack = EmbeddedStack(
         data_dir=settings.data_dir,
         kafka_bootstrap=settings.kafka_bootstrap,
@@ -79,6 +104,8 @@ def run_all(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         env = child_environment(stack.start())
+        auth_env, token = _local_auth(settings)
+        env.update(auth_env)
         targets = sorted(load_targets(settings.targets_dir))
         asyncio.run(ensure_topics(env[env_var("kafka_bootstrap")],
                                   all_topics(TopicNames(settings.topic_prefix), targets),
@@ -86,14 +113,22 @@ def run_all(args: argparse.Namespace) -> int:
         children.append(_spawn("worker", env))
         children.append(_spawn("web", env))
         wait_for_port(settings.http_port, timeout=60)
-        base = f"http://{settings.http_host}:{settings.http_port}"
+        scheme = "https" if settings.tls_enabled else "http"
+        base = f"{scheme}://{settings.http_host}:{settings.http_port}"
+        token_line = (
+            f"  export TOKEN='{token}'\n"
+            f"  (a dev token, valid {min(3600, settings.auth_max_token_lifetime_s) // 60} min; "
+            "`sluice token --sub NAME --tenant T --scope bulk:write --role dev` mints more)\n\n"
+            if token else "  export TOKEN=...   (a token from your identity provider)\n\n"
+        )
         print(
             f"\nSluice is up on {base}  (Ctrl-C stops everything)\n\n"
+            f"{token_line}"
             f"  curl -si -X POST '{base}/v1/bulk-operations?target=sensor_readings&operation=insert' \\\n"
-            f"       -H 'Content-Type: application/x-ndjson' \\\n"
+            f"       -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/x-ndjson' \\\n"
             f"       --data-binary $'{FIRST_RECORD}\\n'\n"
-            f"  curl -s {base}/v1/bulk-operations/JOB_ID\n"
-            f"  curl -s {base}/v1/bulk-operations/JOB_ID/results\n\n"
+            f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID\n"
+            f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID/results\n\n"
             f"  Kafka bootstrap: {env[env_var('kafka_bootstrap')]}   targets: {', '.join(targets)}\n",
             flush=True,
         )
@@ -111,6 +146,27 @@ def run_all(args: argparse.Namespace) -> int:
                 child.kill()
         stack.stop()
         print("stopped", flush=True)
+
+
+def run_token(args: argparse.Namespace) -> int:
+    """Mint a token with the local dev key; refused for any other key set."""
+    from app.devauth import DevAuthError, local_dev_auth, mint_token
+
+    settings = get_settings()
+    ttl = args.ttl if args.ttl is not None else settings.auth_max_token_lifetime_s
+    if not 0 < ttl <= settings.auth_max_token_lifetime_s:
+        print(f"--ttl must be between 1 and {settings.auth_max_token_lifetime_s} s "
+              "(SLUICE_AUTH_MAX_TOKEN_LIFETIME_S)", file=sys.stderr)
+        return 2
+    try:
+        dev = local_dev_auth(settings)
+    except DevAuthError as e:
+        print(f"sluice token: {e}", file=sys.stderr)
+        return 1
+    print(mint_token(dev, subject=args.sub, tenant=args.tenant, scopes=args.scope or [],
+                     roles=args.role or [], ttl_s=ttl, tenant_claim=settings.auth_tenant_claim,
+                     roles_claim=settings.auth_roles_claim))
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -132,8 +188,17 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(sub.add_parser(
         "bench", help="measure throughput on a stack of its own (no `sluice run` needed)"))
+    token = sub.add_parser("token", help="mint a token with the local dev key (`sluice run`'s)")
+    token.add_argument("--sub", required=True, help="subject (the principal's name)")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--scope", action="append", choices=["bulk:write", "bulk:read"],
+                       help="repeatable; none by default")
+    token.add_argument("--role", action="append",
+                       help="repeatable; the dev policy grants everything to role 'dev'")
+    token.add_argument("--ttl", type=int, default=None, help="seconds (default: the maximum lifetime)")
     args = parser.parse_args(argv)
-    handlers = {"run": run_all, "worker": run_worker, "web": run_web, "bench": run_bench}
+    handlers = {"run": run_all, "worker": run_worker, "web": run_web, "bench": run_bench,
+                "token": run_token}
     return handlers[args.command](args)
 
 

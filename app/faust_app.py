@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from app.kafka import broker_credentials
 from app.settings import get_settings
 from app.topics import TopicNames
 
@@ -18,6 +19,7 @@ def create_app() -> faust.App:
     return faust.App(
         settings.worker_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         store=settings.table_store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,

@@ -11,13 +11,17 @@ RESULT_STATUSES = ("succeeded", "failed", "duplicate", "aborted")
 
 
 async def create_receiving_job(
-    pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int
+    pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int,
+    *, tenant: str | None = None, principal: str | None = None,
 ) -> None:
-    """Record a job whose envelopes are about to be produced; the worker holds them until sealed."""
+    """Record a job whose envelopes are about to be produced; the worker holds them until sealed.
+
+    ``tenant`` owns the job: only that tenant sees it over HTTP. ``principal`` is who submitted it.
+    """
     await pool.execute(
-        "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received)"
-        " VALUES ($1, $2, $3, 'http', 'receiving', $4)",
-        job_id, target, operation, records,
+        "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received,"
+        " tenant, principal) VALUES ($1, $2, $3, 'http', 'receiving', $4, $5, $6)",
+        job_id, target, operation, records, tenant, principal,
     )
 
 
@@ -42,18 +46,18 @@ async def fail_job(pool: asyncpg.Pool, job_id: str, reason: str) -> None:
     )
 
 
-async def abort_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+async def abort_job(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:
     """Stop a running job: records not yet written will be reported as aborted.
 
-    Returns the job after the change, or None if it was not running (unknown, still
-    receiving, or already terminal).
+    Returns the job after the change, or None if it was not running (unknown, another
+    tenant's, still receiving, or already terminal).
     """
     row = await pool.fetchrow(
         "UPDATE sluice_jobs SET state = 'aborted', reason = 'aborted by the client',"
         " completed_at = now(), updated_at = now()"
-        " WHERE job_id = $1 AND source = 'http' AND state IN ('accepted', 'processing')"
-        " RETURNING *",
-        job_id,
+        " WHERE job_id = $1 AND tenant = $2 AND source = 'http'"
+        " AND state IN ('accepted', 'processing') RETURNING *",
+        job_id, tenant,
     )
     return dict(row) if row is not None else None
 
@@ -82,8 +86,18 @@ async def fail_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> list[str]:
 
 
 async def get_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
-    """A job row, or None."""
+    """A job row, or None (any tenant: for internal use, not for HTTP)."""
     row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1", job_id)
+    return dict(row) if row is not None else None
+
+
+async def get_tenant_job(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:
+    """A job row if it belongs to ``tenant``, else None, exactly as for an unknown id.
+
+    Jobs without a tenant (Kafka producer partitions) belong to no HTTP tenant.
+    """
+    row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1 AND tenant = $2",
+                              job_id, tenant)
     return dict(row) if row is not None else None
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import ssl
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from app.settings import Settings, get_settings
 from app.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -15,6 +18,47 @@ log = logging.getLogger(__name__)
 # An envelope holds up to 2,000 records; with long string fields it can pass the
 # default 1 MB request size.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka client arguments for SASL and/or TLS, from settings; every client uses them.
+
+    PLAINTEXT (the embedded broker) gives only ``security_protocol``. With SSL or SASL_SSL
+    the broker certificate is verified against ``kafka_ssl_cafile`` (or the system CAs).
+    """
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        context = ssl.create_default_context(cafile=cafile)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        options["ssl_context"] = context
+    if protocol.startswith("SASL_"):
+        if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+            raise SystemExit("SLUICE_KAFKA_SECURITY_PROTOCOL=" + protocol + " needs "
+                             "SLUICE_KAFKA_SASL_USERNAME and SLUICE_KAFKA_SASL_PASSWORD")
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+        )
+    return options
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust's form of the same settings (``broker_credentials``), or None for PLAINTEXT."""
+    import faust  # only workers need it; the web process does not pay for the import
+
+    options = security_options(settings)
+    protocol, context = options["security_protocol"], options.get("ssl_context")
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"], ssl_context=context,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None
 
 
 def all_topics(names: TopicNames, targets: list[str]) -> list[str]:
@@ -25,7 +69,7 @@ def all_topics(names: TopicNames, targets: list[str]) -> list[str]:
 
 async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
     """Create missing topics; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security_options(get_settings()))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -50,4 +94,5 @@ def create_producer(bootstrap: str) -> AIOKafkaProducer:
         linger_ms=5,
         max_request_size=MAX_REQUEST_BYTES,
         request_timeout_ms=30_000,
+        **security_options(get_settings()),
     )

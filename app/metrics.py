@@ -66,6 +66,13 @@ stage_seconds = Counter(
 stage_records = Counter(
     "sluice_stage_records_total", "Records that went through each pipeline stage.", ["stage"]
 )
+rate_limit_fail_open = Counter(
+    "sluice_rate_limit_fail_open_total",
+    "Rate-limit checks let through because Redis did not answer.",
+)
+auth_failures = Counter(
+    "sluice_auth_failures_total", "Requests refused by authentication or authorisation.", ["status"]
+)
 
 
 class StageTimer:

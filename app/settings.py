@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.targets import BUILTIN_TARGETS_DIR
 
 ENV_PREFIX = "SLUICE_"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def env_var(field_name: str) -> str:
@@ -72,6 +74,71 @@ class Settings(BaseSettings):
     # How long a job may sit in "receiving" (its records half produced) before the
     # worker decides its submitter died and fails it instead of waiting for ever.
     receiving_grace_s: float = 60.0
+
+    # --- authentication and authorisation: always on for /v1, there is no off switch ---
+    # Verification keys: a JWKS file or an https URL (one of them; `sluice run` generates a
+    # local dev JWKS when neither is set).
+    auth_jwks_file: Path | None = None
+    auth_jwks_url: str | None = None
+    # How long a fetched key set is trusted, and the least time between two fetches that
+    # an unknown `kid` may trigger (so forged kids cannot make us hammer the URL).
+    auth_jwks_cache_s: float = Field(300.0, gt=0)
+    auth_jwks_min_refetch_s: float = Field(30.0, ge=0)
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_leeway_s: float = Field(30.0, ge=0, le=300)
+    # Tokens are short-lived: exp - iat (and exp - nbf) over this is refused.
+    auth_max_token_lifetime_s: int = Field(3600, gt=0)
+    auth_tenant_claim: str = "tenant"
+    auth_roles_claim: str = "roles"
+    # TOML file: which subjects and roles may use which target and operation (deny by default).
+    access_policy_file: Path | None = None
+
+    # --- rate limits: token buckets in Redis, global and per principal ---
+    # Generous enough for a benchmark polling 20 jobs at 20 Hz from one token.
+    rate_requests_per_s: float = Field(5000.0, gt=0)
+    rate_requests_burst: int = Field(10_000, ge=1)
+    rate_principal_requests_per_s: float = Field(1000.0, gt=0)
+    rate_principal_requests_burst: int = Field(5000, ge=1)
+    rate_records_per_s: float = Field(1_000_000.0, gt=0)
+    rate_records_burst: int = Field(20_000_000, ge=1)
+    rate_principal_records_per_s: float = Field(200_000.0, gt=0)
+    rate_principal_records_burst: int = Field(5_000_000, ge=1)
+
+    # --- TLS for the HTTP server (TLS 1.3 only when set) ---
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # --- Kafka client security (every producer, consumer, admin and the Faust app) ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the web server has a certificate to speak TLS with."""
+        return self.tls_cert_file is not None
+
+    def require_web_security(self) -> None:
+        """Refuse to start a web process that would be open or half-configured."""
+        problems = []
+        if (self.auth_jwks_file is None) == (self.auth_jwks_url is None):
+            problems.append("set exactly one of SLUICE_AUTH_JWKS_FILE or SLUICE_AUTH_JWKS_URL "
+                            "(`sluice run` generates a local dev key set)")
+        if not self.auth_issuer or not self.auth_audience:
+            problems.append("set SLUICE_AUTH_ISSUER and SLUICE_AUTH_AUDIENCE")
+        if self.access_policy_file is None:
+            problems.append("set SLUICE_ACCESS_POLICY_FILE (who may use which target)")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append("set both SLUICE_TLS_CERT_FILE and SLUICE_TLS_KEY_FILE, or neither")
+        if not self.tls_enabled and self.http_host not in LOOPBACK_HOSTS:
+            problems.append(f"refusing plain HTTP on {self.http_host}: bearer tokens would cross "
+                            "the network in clear; set SLUICE_TLS_CERT_FILE and SLUICE_TLS_KEY_FILE "
+                            "(or terminate TLS in a proxy and bind to 127.0.0.1)")
+        if problems:
+            raise SystemExit("sluice web cannot start securely:\n  - " + "\n  - ".join(problems))
 
     def require_services(self) -> tuple[str, str, str]:
         """Return (kafka, database, redis) or fail with the variable to set."""

@@ -126,6 +126,9 @@ CREATE TABLE IF NOT EXISTS sluice_jobs (
 -- Added after the first release: existing installations gain them in place.
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS aborted bigint NOT NULL DEFAULT 0;
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS progressed_at timestamptz;
+-- Tenant isolation: the submitter's tenant owns the job (NULL for Kafka producer jobs).
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS tenant text;
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS principal text;
 CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
     consumer_group text NOT NULL,
     topic          text NOT NULL,

@@ -19,9 +19,12 @@ from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
 from web import views
+from web.access import PolicyError, load_policy
 from web.admission import Admission, Backlog
 from web.idempotency import IdempotencyStore
 from web.problems import problem_middleware
+from web.ratelimit import RateLimiter
+from web.security import auth_middleware, build_guard, guard_key, security_headers
 from web.submission import SubmissionContext
 from web.typedefs import (
     admission_key,
@@ -54,6 +57,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[redis_key] = client
     app[producer_key] = producer
     app[idempotency_key] = IdempotencyStore(client, settings.idempotency_ttl_s)
+    app[guard_key].limiter = RateLimiter(client)
 
     async def read_backlog() -> Backlog:
         records, age = await jobs.pending_work(pool)
@@ -98,13 +102,24 @@ async def _sweep_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> None:
 
 
 def create_web_app(settings: Settings) -> web.Application:
-    """Build the HTTP application; resources open when it starts."""
+    """Build the HTTP application; resources open when it starts.
+
+    Refuses (SystemExit) when authentication, the access policy or TLS is misconfigured.
+    """
+    settings.require_web_security()
+    assert settings.access_policy_file is not None
+    try:
+        access = load_policy(settings.access_policy_file)
+    except PolicyError as e:
+        raise SystemExit(f"sluice web cannot start: {e}") from e
     app = web.Application(
-        middlewares=[views.metrics_middleware, problem_middleware],
+        middlewares=[views.metrics_middleware, problem_middleware, auth_middleware],
         # The body is streamed and limited by max_body_bytes ourselves.
         client_max_size=settings.max_body_bytes + 1,
     )
     app[settings_key] = settings
+    app[guard_key] = build_guard(settings, access)
+    app.on_response_prepare.append(security_headers(settings.tls_enabled))
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/bulk-operations", views.submit_bulk_operation)
     app.router.add_get("/v1/bulk-operations/{job_id}", views.get_bulk_operation)

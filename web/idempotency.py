@@ -16,6 +16,11 @@ IN_FLIGHT = "in_flight"
 DONE = "done"
 
 
+def tenant_scoped(tenant: str, key: str) -> str:
+    """The stored key: per tenant, so another tenant's key can neither collide nor replay its job."""
+    return f"{tenant}\x00{key}"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """What a completed request answered, to replay it."""

@@ -13,7 +13,7 @@ import logging
 import struct
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -170,6 +170,8 @@ async def produce_spool(ctx: SubmissionContext, spool: Spool) -> None:
 async def submit(
     ctx: SubmissionContext, reader: PayloadReader,
     query_target: str | None, query_operation: str | None, *, timeout_s: float,
+    tenant: str | None = None, principal: str | None = None,
+    admit: Callable[[str, str, int], Awaitable[None]] | None = None,
 ) -> Accepted:
     """Run one submission to the point where it is safe to answer 202.
 
@@ -191,7 +193,10 @@ async def submit(
             raise Problem(408, "Submission timed out",
                           f"the body was not received and parsed within {timeout_s:g} s; "
                           "nothing was accepted", slug="submission-timeout") from e
-        await jobs.create_receiving_job(ctx.pool, job_id, target.name, operation, count)
+        if admit is not None:  # authorise (target, operation, count) before anything is produced
+            await admit(target.name, operation, count)
+        await jobs.create_receiving_job(ctx.pool, job_id, target.name, operation, count,
+                                        tenant=tenant, principal=principal)
         try:
             async with asyncio.timeout_at(deadline):
                 with metrics.timed_stage("produce", count):

@@ -13,9 +13,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import jobs, metrics
-from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse
+from web.auth import SCOPE_READ, SCOPE_WRITE
+from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.payloads import PayloadReader, media_type_for
 from web.problems import Problem
+from web.security import audit, charge_records, check_target, require_scope
 from web.submission import body_chunks, submit
 from web.typedefs import (
     admission_key,
@@ -90,10 +92,16 @@ async def _release(store: IdempotencyStore, key: str) -> None:
 async def submit_bulk_operation(request: web.Request) -> web.Response:
     """POST /v1/bulk-operations: 202 once every record is durably in Kafka."""
     settings = request.app[settings_key]
+    principal = require_scope(request, SCOPE_WRITE)
     media_type = media_type_for(request.headers.get("Content-Type"))
     query_target = request.query.get("target")
     query_operation = request.query.get("operation")
+    if query_target:  # refuse early, before reading the body; checked again once it is parsed
+        check_target(request, principal, query_target,
+                     query_operation if query_operation in ("insert", "upsert", "delete") else None)
     key = _idempotency_key(request)
+    if key is not None:
+        key = tenant_scoped(principal.tenant, key)
     fingerprint = Fingerprint(
         request.path, query_target or "", query_operation or "", media_type.value,
         request.headers.get("Content-Encoding", ""),
@@ -121,14 +129,21 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                 content_encoding=request.headers.get("Content-Encoding"),
                 max_bytes=settings.max_body_bytes,
             )
+            async def admit(target: str, operation: str, records: int) -> None:
+                check_target(request, principal, target, operation)
+                await charge_records(request, principal, records)
+
             accepted = await submit(
                 request.app[submission_key], reader, query_target, query_operation,
                 timeout_s=settings.submission_timeout_s,
+                tenant=principal.tenant, principal=principal.subject, admit=admit,
             )
     except BaseException:
         if key is not None:
             await asyncio.shield(_release(store, key))
         raise
+    audit("bulk operation accepted", principal, target=accepted.target,
+          operation=accepted.operation, records=accepted.records, job_id=accepted.job_id)
     links = _job_links(request, accepted.job_id)
     body = {"job_id": accepted.job_id, "state": "accepted", "target": accepted.target,
             "operation": accepted.operation, "records_received": accepted.records,
@@ -165,9 +180,10 @@ def _job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _existing_job(request: web.Request) -> dict[str, Any]:
+async def _existing_job(request: web.Request, tenant: str) -> dict[str, Any]:
+    """The tenant's job; another tenant's job is as unknown as an id never issued."""
     job_id = request.match_info["job_id"]
-    job = await jobs.get_job(request.app[pool_key], job_id)
+    job = await jobs.get_tenant_job(request.app[pool_key], job_id, tenant)
     if job is None or job["state"] == "receiving":
         raise Problem(404, "Job not found", f"no job {job_id!r}", slug="job-not-found")
     return job
@@ -175,13 +191,19 @@ async def _existing_job(request: web.Request) -> dict[str, Any]:
 
 async def get_bulk_operation(request: web.Request) -> web.Response:
     """GET /v1/bulk-operations/{job_id}: state, counts and timestamps."""
-    return _json(_job_body(request, await _existing_job(request)))
+    principal = require_scope(request, SCOPE_READ)
+    return _json(_job_body(request, await _existing_job(request, principal.tenant)))
 
 
 async def abort_bulk_operation(request: web.Request) -> web.Response:
     """DELETE /v1/bulk-operations/{job_id}: skip what is not written yet; keep what is."""
-    job = await _existing_job(request)
-    aborted = await jobs.abort_job(request.app[pool_key], job["job_id"])
+    principal = require_scope(request, SCOPE_WRITE)
+    job = await _existing_job(request, principal.tenant)
+    check_target(request, principal, job["target"], job["operation"])
+    aborted = await jobs.abort_job(request.app[pool_key], job["job_id"], principal.tenant)
+    audit("bulk operation aborted" if aborted else "bulk operation abort refused", principal,
+          target=job["target"], operation=job["operation"], job_id=job["job_id"],
+          records=job["records_received"])
     if aborted is None:
         raise Problem(409, "Job not running", f"the job is {job['state']}; only accepted or "
                       "processing jobs can be aborted", slug="job-not-running")
@@ -190,12 +212,13 @@ async def abort_bulk_operation(request: web.Request) -> web.Response:
 
 async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse:
     """GET /v1/bulk-operations/{job_id}/results: NDJSON outcomes in index order."""
+    principal = require_scope(request, SCOPE_READ)
     status = request.query.get("status", "all")
     if status != "all" and status not in jobs.RESULT_STATUSES:
         raise Problem(400, "Bad status filter",
                       f"status must be all or one of {', '.join(jobs.RESULT_STATUSES)}",
                       slug="bad-status-filter")
-    job = await _existing_job(request)
+    job = await _existing_job(request, principal.tenant)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     lines: list[bytes] = []

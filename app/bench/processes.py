@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
 from app.embedded import EmbeddedStack, free_port, wait_for_port
 from app.settings import Settings, env_var
 
@@ -33,6 +34,8 @@ class Pipeline:
     topic_prefix: str
     web: subprocess.Popen[bytes]
     worker: subprocess.Popen[bytes]
+    auth_headers: dict[str, str]
+    """A dev token for the bench's requests: authentication is on, as with `sluice run`."""
 
     def stop(self) -> None:
         """Stop both processes (TERM, then KILL after 15 s)."""
@@ -54,6 +57,7 @@ class BenchServices:
     data: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-bench-")))
     env: dict[str, str] = field(default_factory=dict)
     _stack: EmbeddedStack | None = None
+    _auth: DevAuth | None = None
     _pipelines: list[Pipeline] = field(default_factory=list)
 
     def start(self) -> BenchServices:
@@ -68,6 +72,9 @@ class BenchServices:
             redis_url=s.redis_url.get_secret_value() if s.redis_url else None,
         )
         self.env = {**os.environ, **self._stack.start()}
+        # The same dev key, JWKS and policy `sluice run` generates, in the bench's folder.
+        self._auth = ensure_dev_auth(self.data)
+        self.env.update(dev_environment(self._auth))
         return self
 
     @property
@@ -105,8 +112,10 @@ class BenchServices:
 
         web = spawn("web")
         worker = spawn("worker")
+        assert self._auth is not None, "start() first"
         pipeline = Pipeline(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}",
-                            prefix, web, worker)
+                            prefix, web, worker,
+                            {"Authorization": "Bearer " + dev_token(self._auth, self.settings)})
         self._pipelines.append(pipeline)
         wait_for_port(port, timeout=60)
         wait_for_port(metrics_port, timeout=60)

@@ -87,7 +87,8 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
                    timeout_s: float = 600, watch_web_rss: bool = False) -> RunFigures:
     """Submit the bodies concurrently, wait for every job; figures from first byte to last job."""
     records = sum(n for _, n in bodies)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                     headers=pipeline.auth_headers) as http:
         web_before = await _scrape(http, pipeline.base_url)
         worker_before = await _scrape(http, pipeline.worker_metrics_url)
         peak = [0]

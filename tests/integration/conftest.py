@@ -19,10 +19,36 @@ import aiohttp
 import asyncpg
 import pytest
 
+from app.devauth import DevAuth, dev_environment, ensure_dev_auth, mint_token
 from app.embedded import EmbeddedStack, free_port, wait_for_port
 from app.settings import env_var
 
 TEST_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+TEST_POLICY = """
+# Added by the test suite to the generated dev policy.
+[roles.insert-only.targets]
+sensor_readings = ["insert"]
+
+[subjects.limited-records.limits]
+records_per_s = 1
+records_burst = 10
+
+[subjects.limited-requests.limits]
+requests_per_s = 0.02
+requests_burst = 3
+"""
+
+
+def token_for(auth: DevAuth, subject: str = "dev", tenant: str = "dev",
+              scopes: tuple[str, ...] = ("bulk:write", "bulk:read"),
+              roles: tuple[str, ...] = ("dev",), ttl_s: int = 3600) -> str:
+    """A token signed by the stack's dev key (the one `sluice run` generates)."""
+    return mint_token(auth, subject=subject, tenant=tenant, scopes=scopes, roles=roles, ttl_s=ttl_s)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +61,13 @@ class Stack:
     redis_url: str
     env: dict[str, str]
     web_pid: int
+    auth: DevAuth
+    data: Path
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """A fresh dev token, as `sluice run` prints it."""
+        return bearer(token_for(self.auth))
 
 
 def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -51,6 +84,10 @@ def stack() -> Iterator[Stack]:
     data.chmod(0o755)
     embedded = EmbeddedStack(data_dir=data)
     env = {**os.environ, **embedded.start()}
+    # Authentication on, exactly as `sluice run` sets it up, plus a few test principals.
+    auth = ensure_dev_auth(data)
+    auth.policy_file.write_text(auth.policy_file.read_text() + TEST_POLICY)
+    env.update(dev_environment(auth))
     port = free_port()
     env.update({
         env_var("http_port"): str(port),
@@ -63,7 +100,7 @@ def stack() -> Iterator[Stack]:
         wait_for_port(port, timeout=60)
         yield Stack(f"http://127.0.0.1:{port}", env[env_var("kafka_bootstrap")],
                     env[env_var("database_url")], env[env_var("redis_url")], env,
-                    children[0].pid)
+                    children[0].pid, auth, data)
     finally:
         for child in children:
             child.terminate()
@@ -81,7 +118,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(stack.base_url) as session:
+    async with aiohttp.ClientSession(stack.base_url, headers=stack.auth_headers) as session:
         yield session
 
 

@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
 from app.embedded import EmbeddedStack, free_port, wait_for_port
-from app.settings import env_var
+from app.settings import Settings, env_var
 
 
 @dataclass
@@ -27,15 +28,18 @@ class IsolatedStack:
     env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     base_url: str = ""
+    auth: DevAuth | None = None
 
     def start(self) -> IsolatedStack:
         """Start the three services (the processes come later, one by one)."""
         self.data.chmod(0o755)
         self.embedded = EmbeddedStack(data_dir=self.data)
         port = free_port()
+        self.auth = ensure_dev_auth(self.data)
         self.env = {
             **os.environ,
             **self.embedded.start(),
+            **dev_environment(self.auth),
             env_var("http_port"): str(port),
             env_var("worker_metrics_port"): "0",
             env_var("worker_id"): f"fault-{uuid.uuid4().hex[:8]}",
@@ -56,6 +60,12 @@ class IsolatedStack:
         if command == "web":
             wait_for_port(int(self.env[env_var("http_port")]), timeout=60)
         return process
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """A fresh dev token for this stack's web processes."""
+        assert self.auth is not None
+        return {"Authorization": "Bearer " + dev_token(self.auth, Settings())}
 
     @property
     def dsn(self) -> str:

@@ -87,7 +87,7 @@ async def session_for() -> AsyncIterator[Callable[[IsolatedStack], aiohttp.Clien
     sessions: list[aiohttp.ClientSession] = []
 
     def open_session(stack: IsolatedStack) -> aiohttp.ClientSession:
-        session = aiohttp.ClientSession(stack.base_url)
+        session = aiohttp.ClientSession(stack.base_url, headers=stack.auth_headers)
         sessions.append(session)
         return session
 
@@ -255,7 +255,7 @@ async def test_upload_251_is_refused_while_200_are_in_flight(
         yield ndjson([reading(f"{tag}-{i}", 1)])
 
     async with aiohttp.ClientSession(
-        stack.base_url, connector=aiohttp.TCPConnector(limit=0)
+        stack.base_url, connector=aiohttp.TCPConnector(limit=0), headers=stack.auth_headers
     ) as http:
         async def upload(body: Any) -> int:
             async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"},

@@ -22,7 +22,7 @@ TERMINAL = {"completed", "completed_with_errors", "failed"}
 
 def post(stack: Stack, body: bytes, content_type: str, *, encoding: str | None = None,
          params: str = "target=sensor_readings&operation=insert") -> tuple[int, dict[str, Any]]:
-    headers = {"Content-Type": content_type}
+    headers = {"Content-Type": content_type, **stack.auth_headers}
     if encoding:
         headers["Content-Encoding"] = encoding
     request = urllib.request.Request(f"{stack.base_url}/v1/bulk-operations?{params}",
@@ -37,7 +37,9 @@ def post(stack: Stack, body: bytes, content_type: str, *, encoding: str | None =
 def wait_counts_add_up(stack: Stack, job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
-        with urllib.request.urlopen(f"{stack.base_url}/v1/bulk-operations/{job_id}") as r:
+        status = urllib.request.Request(f"{stack.base_url}/v1/bulk-operations/{job_id}",
+                                        headers=stack.auth_headers)
+        with urllib.request.urlopen(status) as r:
             job: dict[str, Any] = json.loads(r.read())
         if job["state"] in TERMINAL or time.monotonic() > deadline:
             return job
@@ -160,6 +162,7 @@ def raw_exchange(stack: Stack, request: bytes, *, close_write: bool) -> bytes:
 )
 def test_a_wrong_content_length_never_gets_a_5xx(stack: Stack, declared: int, sent: bytes) -> None:
     head = (f"POST /v1/bulk-operations?target=sensor_readings HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {stack.auth_headers['Authorization']}\r\n"
             f"Content-Type: application/x-ndjson\r\nContent-Length: {declared}\r\n"
             f"Connection: close\r\n\r\n").encode()
     answer = raw_exchange(stack, head + sent, close_write=True)

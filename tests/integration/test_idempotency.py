@@ -9,7 +9,7 @@ import orjson
 import redis.asyncio as redis
 
 from tests.integration.conftest import Stack, wait_terminal
-from web.idempotency import IdempotencyStore
+from web.idempotency import IdempotencyStore, tenant_scoped
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 PARAMS = {"target": "sensor_readings", "operation": "insert"}
@@ -53,8 +53,8 @@ async def test_key_in_flight_is_409(http: aiohttp.ClientSession, stack: Stack) -
     key = str(uuid.uuid4())
     client = redis.from_url(stack.redis_url)
     try:
-        # Another request holds the key (claimed the way the web process claims it).
-        assert await IdempotencyStore(client, 60).claim(key) is None
+        # Another request of the same tenant holds the key (claimed the way the web process claims it).
+        assert await IdempotencyStore(client, 60).claim(tenant_scoped("dev", key)) is None
         async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-c"),
                              headers={**NDJSON, "Idempotency-Key": key}) as r:
             assert r.status == 409

@@ -166,3 +166,45 @@ def test_empty_values_count_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_REDIS_URL", REDIS_URL)
     with pytest.raises(SystemExit, match="SLUICE_DATABASE_URL"):
         Settings().require_services()
+
+
+def _secure(**overrides: object) -> Settings:
+    values: dict[str, object] = {"auth_jwks_file": Path("/k/jwks.json"), "auth_issuer": "https://idp",
+                                 "auth_audience": "sluice", "access_policy_file": Path("/k/p.toml")}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_security_defaults() -> None:
+    settings = Settings()
+    assert settings.auth_leeway_s == 30
+    assert settings.auth_max_token_lifetime_s == 3600
+    assert settings.auth_tenant_claim == "tenant"
+    assert settings.auth_roles_claim == "roles"
+    assert not settings.tls_enabled
+    assert settings.kafka_security_protocol == "PLAINTEXT"
+    # a 1,000,000-record submission, or 20 x 50,000 at once, fits the default record burst
+    assert settings.rate_principal_records_burst >= 1_000_000
+    assert settings.rate_principal_requests_burst >= 250
+
+
+def test_a_web_process_without_keys_policy_or_tls_refuses_to_start() -> None:
+    _secure().require_web_security()
+    for overrides, message in (
+        ({"auth_jwks_file": None}, "SLUICE_AUTH_JWKS_FILE"),
+        ({"auth_jwks_url": "https://idp/jwks"}, "exactly one"),
+        ({"auth_issuer": None}, "SLUICE_AUTH_ISSUER"),
+        ({"access_policy_file": None}, "SLUICE_ACCESS_POLICY_FILE"),
+        ({"http_host": "0.0.0.0"}, "refusing plain HTTP"),
+        ({"tls_cert_file": Path("/c.pem")}, "both"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            _secure(**overrides).require_web_security()
+    _secure(http_host="0.0.0.0", tls_cert_file=Path("/c.pem"),
+            tls_key_file=Path("/k.pem")).require_web_security()
+
+
+def test_kafka_password_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_KAFKA_SASL_PASSWORD", "hunter2-kafka")
+    settings = Settings()
+    assert "hunter2" not in repr(settings) and "hunter2" not in settings.model_dump_json()

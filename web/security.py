@@ -1,0 +1,202 @@
+"""The HTTP security layer: who may call /v1, how often, and the headers every answer carries.
+
+Authentication and the per-request rate limit run in a middleware for every ``/v1/``
+path, before any view code; scopes, target rights and the record rate limit are checked
+by the views, which know what is asked for. ``/healthz``, ``/readyz`` and ``/metrics``
+stay open (restrict ``/metrics`` at the network edge).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from app import metrics
+from app.settings import Settings
+from web.access import AccessPolicy, is_allowed, limits_for, may_use_target
+from web.auth import (
+    SCOPE_WRITE,
+    AuthError,
+    Principal,
+    TokenPolicy,
+    authenticate,
+    bearer_token,
+    missing_scopes,
+)
+from web.jwks import KeySet, file_loader, url_loader
+from web.problems import Problem
+from web.ratelimit import Bucket, Decision, RateLimiter, rate_limit_headers
+
+log = logging.getLogger(__name__)
+audit_log = logging.getLogger("sluice.audit")
+
+PROTECTED_PREFIX = "/v1/"
+PRINCIPAL = "sluice.principal"
+"""Request storage key of the authenticated Principal."""
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+@dataclass
+class Guard:
+    """Everything the security layer needs, built once per web process."""
+
+    keys: KeySet
+    token_policy: TokenPolicy
+    access: AccessPolicy
+    settings: Settings
+    limiter: RateLimiter | None = None
+
+    def request_charges(self, principal: Principal) -> list[tuple[Bucket, int]]:
+        """One token from the global and from the principal's request bucket."""
+        s, own = self.settings, limits_for(self.access, principal)
+        return [
+            (Bucket("requests", s.rate_requests_per_s, s.rate_requests_burst), 1),
+            (Bucket(f"requests:{principal.subject}",
+                    own.requests_per_s or s.rate_principal_requests_per_s,
+                    own.requests_burst or s.rate_principal_requests_burst), 1),
+        ]
+
+    def record_charges(self, principal: Principal, records: int) -> list[tuple[Bucket, int]]:
+        """``records`` tokens from the global and from the principal's record bucket."""
+        s, own = self.settings, limits_for(self.access, principal)
+        return [
+            (Bucket("records", s.rate_records_per_s, s.rate_records_burst), records),
+            (Bucket(f"records:{principal.subject}",
+                    own.records_per_s or s.rate_principal_records_per_s,
+                    own.records_burst or s.rate_principal_records_burst), records),
+        ]
+
+
+def build_guard(settings: Settings, access: AccessPolicy) -> Guard:
+    """The Guard for a web process; settings must have passed ``require_web_security``."""
+    assert settings.auth_issuer and settings.auth_audience
+    if settings.auth_jwks_file is not None:
+        loader = file_loader(settings.auth_jwks_file)
+    else:
+        assert settings.auth_jwks_url
+        loader = url_loader(settings.auth_jwks_url)
+    keys = KeySet(loader, ttl_s=settings.auth_jwks_cache_s, min_refetch_s=settings.auth_jwks_min_refetch_s)
+    policy = TokenPolicy(
+        issuer=settings.auth_issuer, audience=settings.auth_audience,
+        leeway_s=settings.auth_leeway_s, max_lifetime_s=settings.auth_max_token_lifetime_s,
+        tenant_claim=settings.auth_tenant_claim, roles_claim=settings.auth_roles_claim,
+    )
+    return Guard(keys, policy, access, settings)
+
+
+guard_key = web.AppKey("guard", Guard)
+
+
+def unauthorized(error: AuthError) -> Problem:
+    """401 with the RFC 6750 challenge; the reason is short and says nothing of keys."""
+    challenge = 'Bearer realm="sluice"'
+    if error.token_given:
+        challenge += f', error="invalid_token", error_description="{error.reason}"'
+    metrics.auth_failures.labels("401").inc()
+    return Problem(401, "Unauthorized", error.reason, slug="unauthorized",
+                   headers={"WWW-Authenticate": challenge})
+
+
+def forbidden(detail: str, slug: str = "forbidden", scope: str | None = None) -> Problem:
+    """403: authenticated, but not allowed this."""
+    headers = {}
+    if scope:
+        headers["WWW-Authenticate"] = f'Bearer realm="sluice", error="insufficient_scope", scope="{scope}"'
+    metrics.auth_failures.labels("403").inc()
+    return Problem(403, "Forbidden", detail, slug=slug, headers=headers)
+
+
+def too_many_requests(decision: Decision, what: str) -> Problem:
+    """429 with Retry-After and the RateLimit headers of the bucket that ran out."""
+    return Problem(429, "Too many requests",
+                   f"the {what} rate limit is exhausted; retry after the Retry-After delay",
+                   slug="rate-limited", headers=rate_limit_headers(decision))
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The authenticated principal (set by the middleware for every /v1 request)."""
+    principal: Principal = request[PRINCIPAL]
+    return principal
+
+
+def require_scope(request: web.Request, scope: str) -> Principal:
+    """The principal, if its token carries ``scope``; 403 otherwise."""
+    principal = principal_of(request)
+    if missing_scopes(principal, [scope]):
+        if scope == SCOPE_WRITE:
+            audit("bulk operation refused", principal, method=request.method, path=request.path,
+                  outcome="insufficient-scope")
+        raise forbidden(f"this requires the {scope} scope", slug="insufficient-scope", scope=scope)
+    return principal
+
+
+def audit(event: str, principal: Principal, **fields: Any) -> None:
+    """One line per bulk operation: who, which tenant, what; never tokens nor record contents."""
+    audit_log.info(event, extra={"audit": True, "subject": principal.subject,
+                                 "tenant": principal.tenant, **fields})
+
+
+def check_target(request: web.Request, principal: Principal, target: str, operation: str | None) -> None:
+    """403 unless the policy grants the operation (or, if not yet known, any operation) on target."""
+    access = request.app[guard_key].access
+    allowed = (is_allowed(access, principal, target, operation) if operation
+               else may_use_target(access, principal, target))
+    if not allowed:
+        audit("bulk operation refused", principal, target=target, operation=operation,
+              outcome="forbidden")
+        raise forbidden(f"not allowed to {operation or 'use'} target {target!r}", slug="target-not-allowed")
+
+
+async def charge_records(request: web.Request, principal: Principal, records: int) -> None:
+    """Debit the record buckets; 429 (and nothing produced) when they run dry."""
+    guard = request.app[guard_key]
+    assert guard.limiter is not None
+    decision = await guard.limiter.take(guard.record_charges(principal, records))
+    if not decision.allowed:
+        audit("bulk operation refused", principal, records=records, outcome="rate-limited")
+        raise too_many_requests(decision, "records")
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every /v1 request: a valid bearer token, then a token from the request buckets."""
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return await handler(request)
+    guard = request.app[guard_key]
+    try:
+        token = bearer_token(request.headers.get("Authorization"))
+        principal = await authenticate(token, guard.keys, guard.token_policy)
+    except AuthError as e:
+        raise unauthorized(e) from None
+    request[PRINCIPAL] = principal
+    assert guard.limiter is not None
+    decision = await guard.limiter.take(guard.request_charges(principal))
+    if not decision.allowed:
+        raise too_many_requests(decision, "request")
+    return await handler(request)
+
+
+def security_headers(tls: bool) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An on_response_prepare hook: the headers go on every answer, streamed ones included."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if tls:
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
+
+    return add
