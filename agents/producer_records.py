@@ -1,0 +1,110 @@
+"""Pure parts of the producer-record forwarder: one message in, one envelope item out.
+
+Producer messages carry one record each, JSON or (by content-type header) schemaless
+Avro; the operation comes from a header. A record that cannot be decoded or validated
+becomes a failed item, reported like any other failed record, never dropped.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import fastavro
+import orjson
+from aiokafka import ConsumerRecord
+
+from app.topics import TopicNames
+from schemas.envelope import Envelope, Item
+from schemas.preparation import OPERATIONS, RecordPreparer
+from schemas.targets import Target
+
+OPERATION_HEADER = "sluice-operation"
+CONTENT_TYPE_HEADER = "content-type"
+AVRO_CONTENT_TYPES = frozenset({"application/avro", "avro/binary"})
+DEFAULT_OPERATION = "insert"
+
+def _header(headers: Any, name: str) -> str | None:
+    for key, value in headers or ():
+        if key.lower() == name and value is not None:
+            return bytes(value).decode("ascii", "replace").strip().lower()
+    return None
+
+
+def _plain_avro_schema(target: Target) -> Any:
+    """The target schema without logical types: timestamps decode as epoch integers and
+    go through the same conversion as JSON input."""
+    schema = dict(target.avro_schema)
+    fields = []
+    for f in schema["fields"]:
+        t = f["type"]
+        if isinstance(t, dict):
+            t = t["type"]
+        elif isinstance(t, list):
+            t = [x["type"] if isinstance(x, dict) else x for x in t]
+        fields.append({**f, "type": t})
+    return fastavro.parse_schema({**schema, "fields": fields, "name": schema["name"] + "_plain"})
+
+
+class ProducerRecordDecoder:
+    """Decodes one producer message into an item for the records topic."""
+
+    def __init__(self, targets: dict[str, Target], topics: TopicNames, partitions: int) -> None:
+        self._partitions = partitions
+        self._target_of_topic = {topics.input_for(name): t for name, t in targets.items()}
+        self._avro = {name: _plain_avro_schema(t) for name, t in targets.items()}
+        self._preparers: dict[tuple[str, str], RecordPreparer] = {}
+
+    def target_for(self, topic: str) -> Target:
+        """The target whose input topic this is."""
+        return self._target_of_topic[topic]
+
+    def decode(self, topic: str, offset: int, value: bytes, headers: Any) -> tuple[str, int, Item]:
+        """Return (operation, partition, item); a bad record becomes a failed item."""
+        target = self._target_of_topic[topic]
+        operation = _header(headers, OPERATION_HEADER) or DEFAULT_OPERATION
+        if operation not in OPERATIONS:
+            return DEFAULT_OPERATION, offset % self._partitions, Item(
+                offset, None, "unknown_operation",
+                f"header {OPERATION_HEADER} must be one of {', '.join(OPERATIONS)}",
+            )
+        preparer = self._preparers.get((target.name, operation))
+        if preparer is None:
+            preparer = RecordPreparer(target, operation, self._partitions)
+            self._preparers[(target.name, operation)] = preparer
+        try:
+            if _header(headers, CONTENT_TYPE_HEADER) in AVRO_CONTENT_TYPES:
+                raw = fastavro.schemaless_reader(io.BytesIO(value), self._avro[target.name])
+            else:
+                raw = orjson.loads(value)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is this record's failure
+            return operation, offset % self._partitions, Item(
+                offset, None, "malformed_record", f"cannot decode message: {type(e).__name__}"
+            )
+        partition, item = preparer.prepare(offset, raw)
+        return operation, partition, item
+
+
+def envelopes_for(
+    messages: Iterable[ConsumerRecord[bytes, bytes]], decoder: ProducerRecordDecoder
+) -> list[tuple[int, Envelope]]:
+    """Producer messages as envelopes, one per (source partition, operation, records partition)."""
+    groups: dict[tuple[str, int, str, int], list[Item]] = defaultdict(list)
+    for message in messages:
+        operation, partition, item = decoder.decode(
+            message.topic, message.offset, message.value or b"", message.headers
+        )
+        groups[(message.topic, message.partition, operation, partition)].append(item)
+    return [
+        (partition, Envelope(
+            job_id=f"{topic}:{source_partition}",
+            target=decoder.target_for(topic).name,
+            operation=operation,
+            items=items,
+            source_topic=topic,
+            source_partition=source_partition,
+        ))
+        for (topic, source_partition, operation, partition), items in groups.items()
+    ]
