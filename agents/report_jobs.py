@@ -12,13 +12,13 @@ import logging
 import faust
 
 from agents.apply_records import results_topic
-from agents.progress import job_report, next_progress, snapshot_of
+from agents.progress import audit_fields, job_report, next_progress, snapshot_of
 from app import metrics
 from app.faust_app import app, topics
 from app.settings import get_settings
 from tables.job_progress import job_to_progress
 
-log = logging.getLogger(__name__)
+audit_log = logging.getLogger("sluice.audit")
 
 job_reports_topic = app.topic(
     topics.job_reports, key_serializer="raw", value_serializer="raw",
@@ -39,4 +39,4 @@ async def materialise_job_reports(results: faust.StreamT[bytes]) -> None:
             job_to_progress[job_id] = merged
             if due:
                 await job_reports_topic.send(key=job_id.encode(), value=job_report(snapshot))
-                log.info("job finished", extra={"job_id": job_id, "state": snapshot["state"]})
+                audit_log.info("bulk operation finished", extra=audit_fields(snapshot))

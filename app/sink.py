@@ -460,7 +460,8 @@ UPDATE sluice_jobs SET
     updated_at = now()
 WHERE job_id = $1
 RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
-          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at
+          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at,
+          tenant, principal
 """
 
 

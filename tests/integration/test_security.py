@@ -456,3 +456,41 @@ async def test_the_dev_token_printed_by_sluice_run_works_and_a_forged_one_does_n
     # nothing left pending to hold up the session's backpressure check
     assert await db.fetchval("SELECT state FROM sluice_jobs WHERE job_id = $1", job_id) in (
         "aborted", "completed")
+
+
+# --- audit --------------------------------------------------------------------------
+
+async def test_each_bulk_operation_has_audit_lines_without_record_contents(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    from tests.integration.conftest import wait_terminal
+
+    secret_value = f"payload-secret-{uuid.uuid4().hex}"
+    accepted = await submit(http, ndjson([reading(secret_value, i) for i in range(3)]))
+    await wait_terminal(http, accepted["job_id"])
+
+    def audit_lines(log_name: str) -> list[dict[str, Any]]:
+        text = (stack.data / log_name).read_text(errors="replace")
+        assert secret_value not in text  # record contents never reach the logs
+        lines = []
+        for raw in text.splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue  # a library's own output, not one of ours
+            if isinstance(line, dict) and line.get("audit") and line.get("job_id") == accepted["job_id"]:
+                lines.append(line)
+        return lines
+
+    (submitted,) = audit_lines("web.log")
+    assert submitted["msg"] == "bulk operation accepted"
+    assert (submitted["subject"], submitted["tenant"], submitted["records"]) == ("dev", "dev", 3)
+    assert (submitted["target"], submitted["operation"]) == ("sensor_readings", "insert")
+    finished: list[dict[str, Any]] = []
+    for _ in range(150):  # the report agent logs once the last results message is in
+        if finished := audit_lines("worker.log"):
+            break
+        await asyncio.sleep(0.2)
+    assert [f["msg"] for f in finished] == ["bulk operation finished"]
+    assert (finished[0]["subject"], finished[0]["tenant"]) == ("dev", "dev")
+    assert finished[0]["counts"] == {"succeeded": 3, "failed": 0, "duplicates": 0, "aborted": 0}

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.progress import job_report, next_progress, processed
+from agents.progress import audit_fields, job_report, next_progress, processed
 
 CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 REPORT_FIELDS = [
     "job_id", "target", "operation", "source", "state", "records_received",
-    "succeeded", "failed", "duplicates", "created_at", "accepted_at", "completed_at",
+    "succeeded", "failed", "duplicates", "created_at", "accepted_at", "completed_at", "tenant",
 ]
 
 
@@ -213,3 +213,14 @@ def test_job_report_from_a_decoded_results_message() -> None:
     snapshot = orjson.loads(orjson.dumps(_snap(10, state="completed", created_at=CREATED)))
     report = orjson.loads(job_report(snapshot))
     assert report["created_at"] == "2024-05-01T12:00:00+00:00"
+
+
+def test_a_finished_job_audit_line_names_who_what_and_counts_but_no_records() -> None:
+    snapshot = {**_snap(8, 1, 1, state="completed_with_errors"), "tenant": "acme",
+                "principal": "alice", "aborted": 0}
+    fields = audit_fields(snapshot)
+    assert fields["audit"] is True
+    assert (fields["subject"], fields["tenant"], fields["job_id"]) == ("alice", "acme", "job-1")
+    assert (fields["target"], fields["operation"], fields["state"]) == (
+        snapshot["target"], snapshot["operation"], "completed_with_errors")
+    assert fields["counts"] == {"succeeded": 8, "failed": 1, "duplicates": 1, "aborted": 0}
