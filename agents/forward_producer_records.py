@@ -20,6 +20,8 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
 from agents.apply_records import records_topic
 from agents.producer_records import ProducerRecordDecoder, envelopes_for
@@ -73,11 +75,26 @@ class ProducerRecordForwarder(faust.Service):
             assert self._consumer is not None
             fetched = await self._consumer.getmany(timeout_ms=int(settings.flush_interval_s * 1000),
                                                    max_records=FETCH_RECORDS)
-            if fetched:
+            if not fetched:
+                continue
+            try:
                 await forward(fetched, decoder)
+            except (KafkaError, ProducerSendError, OSError) as e:
+                # Not forwarded (or not all of it): read the same records again later,
+                # rather than commit past them or stop the worker.
+                log.warning("forwarding failed (%s); retrying", type(e).__name__)
+                for tp, messages in fetched.items():
+                    self._consumer.seek(tp, messages[0].offset)
+                await asyncio.sleep(1.0)
+                continue
+            try:
                 await self._consumer.commit(
                     {tp: messages[-1].offset + 1 for tp, messages in fetched.items()}
                 )
+            except KafkaError as e:
+                # A rebalance took the partitions: their new owner forwards them again,
+                # which the ledger downstream makes harmless.
+                log.warning("input offsets not committed (%s)", type(e).__name__)
 
 
 async def forward(
