@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -96,33 +96,26 @@ def result_messages(
         target, operation, source_topic, source_partition = sources[job_id]
         outcomes.sort(key=lambda o: o.index)
         from_kafka = source_topic is not None
+        head = {
+            "job_id": job_id,
+            "target": target,
+            "operation": operation,
+            "source": {"topic": source_topic, "partition": source_partition} if from_kafka else None,
+        }
+        tail = {"job": result.jobs.get(job_id)}
         documents = [outcome_document(o, from_kafka=from_kafka) for o in outcomes]
-
-        def encode(part: list[dict[str, Any]], job_id: str = job_id, target: str = target,
-                   operation: str = operation, source_topic: str | None = source_topic,
-                   source_partition: int | None = source_partition) -> bytes:
-            return orjson.dumps({
-                "job_id": job_id,
-                "target": target,
-                "operation": operation,
-                "source": None
-                if source_topic is None
-                else {"topic": source_topic, "partition": source_partition},
-                "outcomes": part,
-                "job": result.jobs.get(job_id),
-            }, default=str)
-
-        messages.extend((job_id, data) for data in _encode_bounded(encode, documents, max_bytes))
+        messages.extend((job_id, data) for data in _encode_bounded(head, documents, tail, max_bytes))
     return messages
 
 
 def _encode_bounded(
-    encode: Callable[[list[dict[str, Any]]], bytes], documents: list[dict[str, Any]], max_bytes: int
+    head: dict[str, Any], documents: list[dict[str, Any]], tail: dict[str, Any], max_bytes: int
 ) -> list[bytes]:
-    """Encode, halving the outcomes until each part fits (a single outcome is left whole)."""
-    data = encode(documents)
+    """Encode head, outcomes and tail, halving the outcomes until each part fits
+    (a single outcome is left whole)."""
+    data = orjson.dumps({**head, "outcomes": documents, **tail}, default=str)
     if len(data) <= max_bytes or len(documents) < 2:
         return [data]
     half = len(documents) // 2
-    return [*_encode_bounded(encode, documents[:half], max_bytes),
-            *_encode_bounded(encode, documents[half:], max_bytes)]
+    return [*_encode_bounded(head, documents[:half], tail, max_bytes),
+            *_encode_bounded(head, documents[half:], tail, max_bytes)]

@@ -73,8 +73,7 @@ class ProducerRecordForwarder(faust.Service):
         decoder = ProducerRecordDecoder(resources.targets, topics, settings.partitions)
         while not self.should_stop:
             assert self._consumer is not None
-            fetched = await self._consumer.getmany(timeout_ms=int(settings.flush_interval_s * 1000),
-                                                   max_records=FETCH_RECORDS)
+            fetched = await self._consumer.getmany(timeout_ms=int(settings.flush_interval_s * 1000))
             if not fetched:
                 continue
             try:

@@ -77,7 +77,7 @@ def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
 
 def run_all(args: argparse.Namespace) -> int:
     """Embedded services (unless configured), topics, tables, a worker and the web server."""
-    from app.embedded import EmbeddedStack, child_environment, wait_for_port
+    from app.embedded import EmbeddedStack, child_environment, stop_processes, wait_for_port
     from app.kafka import all_topics, ensure_topics
     from app.topics import TopicNames
     from schemas.targets import load_targets
@@ -136,14 +136,7 @@ def run_all(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return 0 if stopping else 1
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(children)
         stack.stop()
         print("stopped", flush=True)
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,20 @@ class EmbeddedStack:
                 service.stop()
             except Exception:  # noqa: BLE001 - stop the rest regardless
                 log.exception("stopping %s failed", type(service).__name__)
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[bytes]], grace_s: float = 15) -> None:
+    """SIGTERM every process still running, then SIGKILL those not gone within ``grace_s``."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def child_environment(extra: dict[str, str]) -> dict[str, str]:

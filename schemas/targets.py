@@ -154,14 +154,17 @@ def _column_type(avro_type: object) -> ColumnType | None:
     return None
 
 
+def _identifier(where: str, what: str, name: object) -> str:
+    """A table or column name, which becomes an SQL identifier: checked, never trusted."""
+    if not isinstance(name, str) or _IDENTIFIER.fullmatch(name) is None:
+        raise TargetSchemaError(f"{where}: {what} {name!r} must match {_IDENTIFIER.pattern}")
+    return name
+
+
 def _column(where: str, spec: object) -> Column:
     if not isinstance(spec, dict):
         raise TargetSchemaError(f"{where}: every field must be an object")
-    name = spec.get("name")
-    if not isinstance(name, str) or _IDENTIFIER.fullmatch(name) is None:
-        raise TargetSchemaError(
-            f"{where}: field name {name!r} must match {_IDENTIFIER.pattern}"
-        )
+    name = _identifier(where, "field name", spec.get("name"))
     avro_type = spec.get("type")
     nullable = False
     if isinstance(avro_type, list):
@@ -185,11 +188,7 @@ def _parse(where: str, document: object) -> Target:
         raise TargetSchemaError(f"{where}: the schema must be a JSON object")
     if document.get("type") != "record":
         raise TargetSchemaError(f'{where}: the schema must have "type": "record"')
-    name = document.get("name")
-    if not isinstance(name, str) or _IDENTIFIER.fullmatch(name) is None:
-        raise TargetSchemaError(
-            f"{where}: record name {name!r} must match {_IDENTIFIER.pattern}"
-        )
+    name = _identifier(where, "record name", document.get("name"))
     fields = document.get("fields")
     if not isinstance(fields, list) or not fields:
         raise TargetSchemaError(f"{where}: the record needs a non-empty fields list")

@@ -124,7 +124,9 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
     try:
         async with request.app[admission_key].admit():
             reader = PayloadReader(
-                body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES), fingerprint),
+                # Only a keyed request is ever compared with a repeat: hash only those bodies.
+                body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES),
+                            fingerprint if key is not None else None),
                 media_type,
                 content_encoding=request.headers.get("Content-Encoding"),
                 max_bytes=settings.max_body_bytes,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
-from app.embedded import EmbeddedStack, free_port, wait_for_port
+from app.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
 from app.settings import Settings, env_var
 
 
@@ -39,14 +39,7 @@ class Pipeline:
 
     def stop(self) -> None:
         """Stop both processes (TERM, then KILL after 15 s)."""
-        for process in (self.web, self.worker):
-            if process.poll() is None:
-                process.terminate()
-        for process in (self.web, self.worker):
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes((self.web, self.worker))
 
 
 @dataclass

@@ -14,7 +14,16 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from app.bench.processes import Pipeline, rss_bytes
-from app.bench.workload import RECORDS, SECONDS, StageFigure, copy_rows, parse_metrics, reading, stage_deltas
+from app.bench.workload import (
+    RECORDS,
+    SECONDS,
+    StageFigure,
+    copy_rows,
+    ndjson,
+    parse_metrics,
+    reading,
+    stage_deltas,
+)
 from app.sink import TERMINAL_STATES
 from app.topics import TopicNames
 
@@ -120,8 +129,7 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
 
 async def warm_up(pipeline: Pipeline, tag: str) -> None:
     """One small job through the whole pipeline: the worker has joined its group after it."""
-    body = b"".join(orjson.dumps(reading(tag, i)) + b"\n" for i in range(10))
-    await http_run(pipeline, [(body, 10)], timeout_s=120)
+    await http_run(pipeline, [(ndjson(tag, 0, 10), 10)], timeout_s=120)
 
 
 @dataclass(frozen=True, slots=True)

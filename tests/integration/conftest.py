@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from app.devauth import DevAuth, dev_environment, ensure_dev_auth, mint_token
-from app.embedded import EmbeddedStack, free_port, wait_for_port
+from app.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
 from app.settings import env_var
 
 TEST_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -102,13 +102,7 @@ def stack() -> Iterator[Stack]:
                     env[env_var("database_url")], env[env_var("redis_url")], env,
                     children[0].pid, auth, data)
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_processes(children)
         embedded.stop()
         for name in ("web.log", "worker.log"):
             tail = (data / name).read_text(errors="replace")[-3000:]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
-from app.embedded import EmbeddedStack, free_port, wait_for_port
+from app.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
 from app.settings import Settings, env_var
 
 
@@ -90,14 +90,7 @@ class IsolatedStack:
 
     def stop(self) -> None:
         """Stop everything this stack started and delete its data."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes)
         if self.embedded is not None:
             self.embedded.stop()
         for log in sorted(self.data.glob("*.log")):

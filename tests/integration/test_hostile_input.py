@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.bench.processes import rss_bytes
 from tests.integration.conftest import TEST_MAX_BODY_BYTES, Stack
 
 TERMINAL = {"completed", "completed_with_errors", "failed"}
@@ -173,7 +174,5 @@ def test_a_wrong_content_length_never_gets_a_5xx(stack: Stack, declared: int, se
 
 
 def test_web_memory_stays_bounded_after_hostile_input(stack: Stack) -> None:
-    rss_kb = next(int(line.split()[1]) for line in
-                  open(f"/proc/{stack.web_pid}/status").read().splitlines()
-                  if line.startswith("VmRSS:"))
+    rss_kb = rss_bytes(stack.web_pid) // 1024
     assert rss_kb < 400 * 1024, f"web process RSS {rss_kb / 1024:.0f} MB"
