@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from app.sink import BatchResult, Outcome
+from app.store.ledger import Outcome
+from app.store.sink import BatchResult
 from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope
 
 
@@ -91,6 +92,11 @@ def result_messages(
     by_job: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in (*result.replayed, *result.outcomes):
         by_job[outcome.job_id].append(outcome)
+    for job_id, snapshot in result.jobs.items():
+        if job_id not in by_job:  # counts moved without outcomes: an undeliverable message
+            by_job[job_id] = []
+            sources.setdefault(job_id, (str(snapshot.get("target")), str(snapshot.get("operation")),
+                                        None, None))
     messages: list[tuple[str, bytes]] = []
     for job_id, outcomes in by_job.items():
         target, operation, source_topic, source_partition = sources[job_id]

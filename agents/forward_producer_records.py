@@ -30,7 +30,7 @@ from app import metrics
 from app.faust_app import app, topics
 from app.kafka import security_options
 from app.settings import get_settings
-from schemas.envelope import MAX_ENVELOPE_BYTES
+from schemas.envelope import MAX_ENVELOPE_BYTES, envelope_headers
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -106,8 +106,9 @@ async def forward(
             (m for messages in fetched.values() for m in messages), decoder
         ):
             sent.extend([
-                await records_topic.send(key=str(partition).encode(), value=data, partition=partition)
-                for data in resources.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES)
+                await records_topic.send(key=str(partition).encode(), value=data, partition=partition,
+                                         headers=envelope_headers(part))
+                for part, data in resources.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES)
             ])
             metrics.records_received.labels(envelope.target, "kafka").inc(len(envelope.items))
         await asyncio.gather(*sent)

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from agents.batching import JOB_HEADER
-from app.sink import TERMINAL_STATES
+from schemas.vocabulary import TERMINAL_STATES
 
 
 def processed(progress: dict[str, Any]) -> int:

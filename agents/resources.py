@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 
 import asyncpg
 import faust
 from prometheus_client import start_http_server
 
-from app.database import create_pool, migrate
+from app.database import create_pool, create_targets, migrate
 from app.faust_app import app
 from app.settings import get_settings
-from app.sink import PostgresSink
+from app.store.sink import PostgresSink
 from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
-from schemas.targets import Target, load_targets
+from schemas.targets import Target, TargetSchemaError, load_targets
 
 log = logging.getLogger(__name__)
+TARGETS_REREAD_S = 2.0
 
 
 class WorkerResources(faust.Service):
@@ -32,6 +34,7 @@ class WorkerResources(faust.Service):
         self._pool: asyncpg.Pool | None = None
         self._sink: PostgresSink | None = None
         self._ready = asyncio.Event()
+        self._targets_read_at = 0.0
 
     @property
     def ready(self) -> bool:
@@ -54,7 +57,7 @@ class WorkerResources(faust.Service):
         _, dsn, _ = settings.require_services()
         # One connection per partition written concurrently, plus position reads and gap fills.
         self._pool = await create_pool(dsn, max_size=settings.partitions + 2)
-        await migrate(self._pool, self.targets)
+        await migrate(self._pool, self.targets, results_retention_days=settings.results_retention)
         self._sink = PostgresSink(
             self._pool, self.targets,
             receiving_grace=timedelta(seconds=settings.receiving_grace_s),
@@ -71,6 +74,36 @@ class WorkerResources(faust.Service):
                 log.warning("worker metrics not served on port %d: %s",
                             settings.worker_metrics_port, e)
         log.info("worker resources ready")
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The database pool; only valid once the service has started."""
+        assert self._pool is not None, "WorkerResources not started"
+        return self._pool
+
+    async def reload_targets(self) -> bool:
+        """Re-read the target files (at most every few seconds); True if a new target appeared.
+
+        A rolling deploy can add a target to the web processes before this worker
+        restarts: a new file in the targets folder is picked up without a restart.
+        """
+        if time.monotonic() - self._targets_read_at < TARGETS_REREAD_S:
+            return False
+        self._targets_read_at = time.monotonic()
+        try:
+            fresh = load_targets(get_settings().targets_dir)
+        except TargetSchemaError as e:
+            log.warning("target files not re-read: %s", e)
+            return False
+        new = {name: t for name, t in fresh.items() if name not in self.targets}
+        if not new:
+            return False
+        await create_targets(self.pool, new)
+        self.targets.update(new)
+        self.codec.add_targets(new)
+        self.sink.add_targets(new)
+        log.info("new targets", extra={"targets": sorted(new)})
+        return True
 
     async def on_stop(self) -> None:
         """Close the pool once the agents no longer need it."""

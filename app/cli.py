@@ -25,9 +25,13 @@ def run_worker(_: argparse.Namespace) -> int:
     """One Faust worker process: all agents, tables and the sink."""
     import faust
 
-    from agents import apply_records, forward_producer_records, report_jobs  # noqa: F401
+    from agents import (  # noqa: F401
+        apply_records,
+        forward_producer_records,
+        maintain_results,
+        report_jobs,
+    )
     from app.faust_app import app
-    from tables import record_hashes  # noqa: F401  (its expiry timer)
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)
     worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)

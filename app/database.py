@@ -6,7 +6,8 @@ import logging
 
 import asyncpg
 
-from schemas.sql import JOBS_DDL, statements_for
+from app.store import ledger
+from schemas.sql import JOBS_DDL, TENANT, quote, statements_for
 from schemas.targets import Target
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,29 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyn
     return pool
 
 
-async def migrate(pool: asyncpg.Pool, targets: dict[str, Target]) -> None:
-    """Create Sluice's bookkeeping tables and every target table that is missing."""
+async def migrate(pool: asyncpg.Pool, targets: dict[str, Target], *,
+                  results_retention_days: int) -> None:
+    """Create Sluice's bookkeeping tables, the outcomes ledger's coming days and every
+    target table that is missing (or give an older one the tenant column)."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
+            await conn.execute(JOBS_DDL)
+            await ledger.create(conn)
+        await ledger.maintain(conn, results_retention_days)
+    await create_targets(pool, targets)
+    log.info("schema ready", extra={"targets": sorted(targets)})
+
+
+async def create_targets(pool: asyncpg.Pool, targets: dict[str, Target]) -> None:
+    """Create the target tables that are missing; add the tenant column to older ones."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
-        await conn.execute(JOBS_DDL)
         for target in targets.values():
-            await conn.execute(statements_for(target).create_table)
-    log.info("schema ready", extra={"targets": sorted(targets)})
+            sql = statements_for(target)
+            await conn.execute(sql.create_table)
+            # ALTER TABLE locks the table even when it changes nothing: only when needed.
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
+                " AND attname = $2 AND NOT attisdropped)", quote(target.name), TENANT):
+                await conn.execute(sql.add_tenant_column)

@@ -47,12 +47,9 @@ queue_depth = Gauge(
 oldest_pending_age = Gauge(
     "sluice_oldest_pending_job_seconds", "Age of the oldest accepted job not yet finished."
 )
-dedup_hashes = Gauge(
-    "sluice_dedup_hashes", "Record hashes remembered for duplicate detection (this worker)."
-)
-dedup_window_seconds = Gauge(
-    "sluice_dedup_effective_window_seconds",
-    "Age of the oldest remembered hash: the window actually covered (this worker).",
+undeliverable = Counter(
+    "sluice_undeliverable_envelopes_total",
+    "Records-topic messages that could not be decoded (their records fail, nothing is skipped).",
 )
 partition_gaps = Counter(
     "sluice_partition_gaps_total",

@@ -65,12 +65,17 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 8081
     batch_size: int = Field(1000, ge=500, le=2000)
     flush_interval_s: float = Field(0.2, gt=0, le=5)
-    dedup_window_s: int = 24 * 3600
-    # Bound on remembered record hashes per worker (about 150 bytes each in memory);
-    # past it the oldest are forgotten first and the effective window shrinks.
-    dedup_max_entries: int = 10_000_000
     table_store: str = "memory://"
     db_retry_max_s: float = 30.0
+    # A batch the database answers but keeps refusing (lost races, a missing table) is
+    # tried this many times, then its records fail with code write_failed. A database that
+    # cannot be reached is waited for without limit: outcomes can only be recorded there.
+    write_attempts: int = Field(5, ge=1)
+    # An envelope for a target this worker does not know (a rolling deploy adding one)
+    # waits this long for it, re-reading the target files, before its records fail.
+    unknown_target_wait_s: float = Field(60.0, ge=0)
+    # Days of per-record outcomes kept in sluice_record_results (whole days are dropped).
+    results_retention: int = Field(7, ge=1)
     # How long a job may sit in "receiving" (its records half produced) before the
     # worker decides its submitter died and fails it instead of waiting for ever.
     receiving_grace_s: float = 60.0

@@ -30,6 +30,47 @@ class EnvelopeError(SluiceError):
     """An envelope on the records topic that cannot be decoded."""
 
 
+JOB_HEADER = "sluice-job"
+RECORDS_HEADER = "sluice-records"
+"""Records-topic message headers naming the envelope's job and record count, so that even
+a message whose body cannot be read still tells whose records it held."""
+
+UNKNOWN_TARGET = "unknown_target"
+MALFORMED_ENVELOPE = "malformed_envelope"
+
+
+class UnknownTargetError(EnvelopeError):
+    """An envelope for a target this process does not know (yet: a rolling deploy may add it)."""
+
+    def __init__(self, target: str, failed: Envelope) -> None:
+        super().__init__(f"unknown target {target!r}")
+        self.target = target
+        self.failed = failed
+        """The envelope with every record failed as unknown_target, should the target never come."""
+
+
+def envelope_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
+    """The headers every records-topic message carries."""
+    return [(JOB_HEADER, envelope.job_id.encode()), (RECORDS_HEADER, str(len(envelope.items)).encode())]
+
+
+def salvage(data: bytes, code: str, message: str) -> Envelope | None:
+    """An envelope whose rows cannot be read, with every record it names failed; None if even
+    its job and record indexes cannot be read."""
+    try:
+        doc = orjson.loads(data)
+        job, target, operation = doc["job"], doc["target"], doc["op"]
+        indexes = [item[0] for item in doc["items"]]
+        if not (isinstance(job, str) and isinstance(target, str) and isinstance(operation, str)
+                and all(type(i) is int for i in indexes)):
+            return None
+        src = doc.get("src")
+        return Envelope(job, target, operation, [Item(i, None, code, message) for i in indexes],
+                        source_topic=src[0] if src else None, source_partition=src[1] if src else None)
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
 class Item(NamedTuple):
     """One record inside an envelope (a named tuple: built per record, twice as fast to make
     as a frozen dataclass)."""
@@ -75,14 +116,15 @@ class EnvelopeCodec:
     """Encodes and decodes envelopes for the targets it knows, column conversions precomputed."""
 
     def __init__(self, targets: dict[str, Target]) -> None:
-        self._to_wire = {
-            name: [(i, f) for i, c in enumerate(t.columns) if (f := _to_wire(c.type))]
-            for name, t in targets.items()
-        }
-        self._from_wire = {
-            name: [(i, f) for i, c in enumerate(t.columns) if (f := _from_wire(c.type))]
-            for name, t in targets.items()
-        }
+        self._to_wire: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+        self._from_wire: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+        self.add_targets(targets)
+
+    def add_targets(self, targets: dict[str, Target]) -> None:
+        """Learn more targets (a rolling deploy may add one while a worker runs)."""
+        for name, t in targets.items():
+            self._to_wire[name] = [(i, f) for i, c in enumerate(t.columns) if (f := _to_wire(c.type))]
+            self._from_wire[name] = [(i, f) for i, c in enumerate(t.columns) if (f := _from_wire(c.type))]
 
     def encode(self, envelope: Envelope) -> bytes:
         """Serialise an envelope for the records topic."""
@@ -109,16 +151,16 @@ class EnvelopeCodec:
             }
         )
 
-    def encode_bounded(self, envelope: Envelope, max_bytes: int) -> list[bytes]:
+    def encode_bounded(self, envelope: Envelope, max_bytes: int) -> list[tuple[Envelope, bytes]]:
         """Encode, halving the envelope until each part fits in one Kafka message.
 
         Long string fields can push a full batch past the broker's message size limit
         (1 MB by default); a single record over the limit is left whole for the broker
-        to refuse.
+        to refuse. Returns each part with its encoding.
         """
         data = self.encode(envelope)
         if len(data) <= max_bytes or len(envelope.items) < 2:
-            return [data]
+            return [(envelope, data)]
         half = len(envelope.items) // 2
         return [
             *self.encode_bounded(replace(envelope, items=envelope.items[:half]), max_bytes),
@@ -132,7 +174,12 @@ class EnvelopeCodec:
             if doc.get("v") != ENVELOPE_VERSION:
                 raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}")
             target = doc["target"]
-            conversions = self._from_wire[target]
+            conversions = self._from_wire.get(target)
+            if conversions is None:
+                failed = salvage(data, UNKNOWN_TARGET, f"no target named {target!r} is known")
+                if failed is None:
+                    raise EnvelopeError("malformed envelope for an unknown target")
+                raise UnknownTargetError(str(target), failed)
             items: list[Item] = []
             append = items.append
             for index, row, code, message in doc["items"]:

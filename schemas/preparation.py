@@ -9,8 +9,10 @@ from schemas.envelope import Item
 from schemas.identity import partition_for
 from schemas.targets import Target
 from schemas.validation import RecordConverter, RecordInvalid
+from schemas.vocabulary import Operation
 
-OPERATIONS = ("insert", "upsert", "delete")
+OPERATIONS = tuple(Operation)
+"""Every operation, in the order the docs list them."""
 
 
 def key_only(target: Target) -> Target:

@@ -26,83 +26,77 @@ def _scratch_name(prefix: str, target_name: str) -> str:
     return f"{prefix}{target_name[:32]}_{digest}"
 
 
+TENANT = "_sluice_tenant"
+"""Column Sluice adds to every target table: the tenant that last wrote the row (NULL for
+Kafka producers and rows written by others). A record equal to a row written by another
+tenant is not reported as a duplicate, so outcomes tell a tenant no more about other
+tenants' rows than the key does."""
+
+
 @dataclass(frozen=True, slots=True)
 class TargetStatements:
     """Every statement the sink needs for one target."""
 
     create_table: str
+    add_tenant_column: str
+    """Gives a table created before the tenant column existed that column (instant: no rewrite)."""
     prepare_stage: str
     """Create the session's staging table if missing and empty it, in one round trip."""
-    prepare_key_stage: str
     stage: str
-    key_stage: str
     stage_columns: tuple[str, ...]
-    key_stage_columns: tuple[str, ...]
-    insert: str
-    """Insert staged rows, skipping existing keys; returns the _ord of rows inserted."""
-    insert_all: str
-    """Insert staged rows, skipping existing keys; the command tag tells how many went in."""
-    upsert: str
-    lock_for_delete: str
+    existing: str
+    """For staged rows whose key has a row: (ord, whether values and tenant are the same)."""
+    write: str
+    """Make the staged rows of the given ords their keys' rows: insert, or replace by key."""
     delete: str
-    """Delete rows by staged keys (existing or not: deleting is idempotent)."""
+    """Delete the rows of the keys staged under the given ords."""
 
 
 def statements_for(target: Target) -> TargetStatements:
     """Build the SQL for one target."""
     table = quote(target.name)
     stage = quote(_scratch_name("_sluice_stage_", target.name))
-    key_stage = quote(_scratch_name("_sluice_keys_", target.name))
+    tenant = quote(TENANT)
+    ord_ = quote(ORD)
     cols = [quote(c.name) for c in target.columns]
     keys = [quote(k) for k in target.key]
-    col_list = ", ".join(cols)
+    non_keys = [quote(c.name) for c in target.columns if c.name not in target.key]
+    col_list = ", ".join([*cols, tenant])
     key_list = ", ".join(keys)
     definitions = ", ".join(
         f"{quote(c.name)} {c.pg_type}{'' if c.nullable else ' NOT NULL'}" for c in target.columns
     )
-    key_columns = [c for c in target.columns if c.name in target.key]
-    key_definitions = ", ".join(f"{quote(c.name)} {c.pg_type}" for c in key_columns)
-    join_on = " AND ".join(f"s.{k} = i.{k}" for k in keys)
+    stage_definitions = ", ".join(f"{quote(c.name)} {c.pg_type}" for c in target.columns)
     key_join = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    non_keys = [quote(c.name) for c in target.columns if c.name not in target.key]
-    if non_keys:
-        on_conflict = "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in non_keys)
-    else:
-        on_conflict = "DO NOTHING"
-    # Rows are written in key order so that two transactions touching the same rows
-    # take their locks in the same order and cannot deadlock.
-    ordered_select = f"SELECT {col_list} FROM {stage} ORDER BY {key_list}"
+    compared = [*non_keys, tenant]
+    same = (f"({', '.join(f't.{c}' for c in compared)}) IS NOT DISTINCT FROM "
+            f"({', '.join(f's.{c}' for c in compared)})")
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in compared)
     return TargetStatements(
-        create_table=f"CREATE TABLE IF NOT EXISTS {table} ({definitions}, PRIMARY KEY ({key_list}))",
-        prepare_stage=(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-            f"({quote(ORD)} integer, {', '.join(f'{quote(c.name)} {c.pg_type}' for c in target.columns)});"
-            f" TRUNCATE {stage}"
+        create_table=(
+            f"CREATE TABLE IF NOT EXISTS {table} ({definitions}, {tenant} text, "
+            f"PRIMARY KEY ({key_list}))"
         ),
-        prepare_key_stage=(
-            f"CREATE TEMP TABLE IF NOT EXISTS {key_stage} ({quote(ORD)} integer, {key_definitions});"
-            f" TRUNCATE {key_stage}"
+        add_tenant_column=f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {tenant} text",
+        prepare_stage=(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({ord_} integer, {stage_definitions}, "
+            f"{tenant} text); TRUNCATE {stage}"
         ),
         stage=stage.strip('"'),
-        key_stage=key_stage.strip('"'),
-        stage_columns=(ORD, *target.column_names),
-        key_stage_columns=(ORD, *target.key),
-        insert=(
-            f"WITH i AS (INSERT INTO {table} ({col_list}) {ordered_select} "
-            f"ON CONFLICT ({key_list}) DO NOTHING RETURNING {key_list}) "
-            f"SELECT s.{quote(ORD)} FROM {stage} s JOIN i ON {join_on}"
+        stage_columns=(ORD, *target.column_names, TENANT),
+        existing=(
+            f"SELECT s.{ord_} AS ord, {same} AS same FROM {stage} s JOIN {table} t ON {key_join}"
         ),
-        insert_all=f"INSERT INTO {table} ({col_list}) {ordered_select} ON CONFLICT ({key_list}) DO NOTHING",
-        upsert=(
-            f"INSERT INTO {table} ({col_list}) {ordered_select} "
-            f"ON CONFLICT ({key_list}) {on_conflict}"
+        # Rows go in key order so that two transactions touching the same rows take their
+        # locks in the same order and cannot deadlock.
+        write=(
+            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
+            f"WHERE {ord_} = ANY($1::int[]) ORDER BY {key_list} "
+            f"ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
         ),
-        lock_for_delete=(
-            # Lock the doomed rows in key order first, for the same reason as above.
-            f"SELECT 1 FROM {table} t JOIN {key_stage} s ON {key_join} "
-            f"ORDER BY {', '.join(f't.{k}' for k in keys)} FOR UPDATE OF t"
+        delete=(
+            f"DELETE FROM {table} t USING {stage} s WHERE {key_join} AND s.{ord_} = ANY($1::int[])"
         ),
-        delete=f"DELETE FROM {table} t USING {key_stage} s WHERE {key_join}",
     )
 
 
@@ -136,17 +130,18 @@ CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
     next_offset    bigint NOT NULL,
     PRIMARY KEY (consumer_group, topic, partition)
 );
-CREATE TABLE IF NOT EXISTS sluice_record_results (
-    job_id   text NOT NULL,
-    idx      bigint NOT NULL,
-    status   text NOT NULL,
-    key      text,
-    code     text,
-    message  text,
-    PRIMARY KEY (job_id, idx)
+-- Records-topic messages that could not be read as envelopes: kept, never silently skipped.
+CREATE TABLE IF NOT EXISTS sluice_undeliverable (
+    topic       text NOT NULL,
+    partition   integer NOT NULL,
+    "offset"    bigint NOT NULL,
+    job_id      text,
+    records     integer NOT NULL,
+    reason      text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition, "offset")
 );
 """
-"""Sluice's own bookkeeping. sluice_record_results doubles as the ledger that makes a
-replayed envelope harmless: a (job_id, idx) already there was already applied.
+"""Sluice's own bookkeeping (the outcomes ledger is app/store/ledger.py's).
 sluice_consumer_positions holds, per records partition, the offset after the last
 envelope written, committed with the rows: where to resume, whatever Kafka remembers."""

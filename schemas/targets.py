@@ -81,6 +81,10 @@ _LOGICAL: Final[dict[tuple[str, str], ColumnType]] = {
 }
 
 
+RESERVED_PREFIX: Final = "_sluice"
+"""Column names Sluice keeps for itself (the tenant column, staging's position column)."""
+
+
 class TargetSchemaError(SluiceError):
     """A target schema file is unreadable or describes something Sluice cannot store."""
 
@@ -165,6 +169,9 @@ def _column(where: str, spec: object) -> Column:
     if not isinstance(spec, dict):
         raise TargetSchemaError(f"{where}: every field must be an object")
     name = _identifier(where, "field name", spec.get("name"))
+    if name.startswith(RESERVED_PREFIX):
+        raise TargetSchemaError(f"{where}: field {name!r}: names starting with {RESERVED_PREFIX!r} "
+                                "are Sluice's own columns")
     avro_type = spec.get("type")
     nullable = False
     if isinstance(avro_type, list):

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.vocabulary import Operation
 from web.auth import Principal
 
-OPERATIONS = frozenset({"insert", "upsert", "delete"})
+OPERATIONS = frozenset(Operation)
 ANY_TARGET = "*"
 LIMIT_FIELDS = ("requests_per_s", "requests_burst", "records_per_s", "records_burst")
 

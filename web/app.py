@@ -46,7 +46,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     targets = load_targets(settings.targets_dir)
     names = TopicNames(settings.topic_prefix)
     pool = await create_pool(dsn, max_size=10)
-    await migrate(pool, targets)
+    await migrate(pool, targets, results_retention_days=settings.results_retention)
     await ensure_topics(kafka, all_topics(names, sorted(targets)), settings.partitions)
     # Short socket timeouts: a Redis outage must turn into a quick 503, not a hung upload.
     client = redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)

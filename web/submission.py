@@ -23,7 +23,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from app import jobs, metrics
-from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeCodec, Item
+from schemas.envelope import (
+    JOB_HEADER,
+    MAX_ENVELOPE_BYTES,
+    RECORDS_HEADER,
+    Envelope,
+    EnvelopeCodec,
+    Item,
+)
 from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
 from web.idempotency import Fingerprint
@@ -32,7 +39,7 @@ from web.problems import Problem
 
 log = logging.getLogger(__name__)
 
-_FRAME = struct.Struct("!II")  # partition, length
+_FRAME = struct.Struct("!III")  # partition, records, length
 
 
 class Spool:
@@ -43,19 +50,19 @@ class Spool:
         self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)
         self.envelopes = 0
 
-    def append(self, partition: int, data: bytes) -> None:
-        """Add one encoded envelope bound for ``partition``."""
-        self._file.write(_FRAME.pack(partition, len(data)))
+    def append(self, partition: int, data: bytes, records: int) -> None:
+        """Add one encoded envelope of ``records`` records bound for ``partition``."""
+        self._file.write(_FRAME.pack(partition, records, len(data)))
         self._file.write(data)
         self.envelopes += 1
 
-    def replay(self) -> Iterator[tuple[int, bytes]]:
-        """Read the envelopes back, in order."""
+    def replay(self) -> Iterator[tuple[int, int, bytes]]:
+        """Read the envelopes back, in order: (partition, records, encoded envelope)."""
         self._file.flush()
         self._file.seek(0)
         while header := self._file.read(_FRAME.size):
-            partition, length = _FRAME.unpack(header)
-            yield partition, self._file.read(length)
+            partition, records, length = _FRAME.unpack(header)
+            yield partition, records, self._file.read(length)
 
     def close(self) -> None:
         """Delete the spool file."""
@@ -124,8 +131,8 @@ async def spool_payload(
     def flush(partition: int) -> None:
         assert preparer is not None
         envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition])
-        for data in ctx.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES):
-            spool.append(partition, data)
+        for part, data in ctx.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES):
+            spool.append(partition, data, len(part.items))
         buffers[partition] = []
 
     async for record in reader.records():
@@ -154,12 +161,14 @@ async def spool_payload(
     return preparer.target, preparer.operation, count
 
 
-async def produce_spool(ctx: SubmissionContext, spool: Spool) -> None:
+async def produce_spool(ctx: SubmissionContext, spool: Spool, job_id: str) -> None:
     """Send every spooled envelope and wait until the broker has acknowledged each."""
     pending: list[asyncio.Future[object]] = []
-    for partition, data in spool.replay():
+    job = job_id.encode()
+    for partition, records, data in spool.replay():
         pending.append(await ctx.producer.send(
-            ctx.records_topic, value=data, key=str(partition).encode(), partition=partition
+            ctx.records_topic, value=data, key=str(partition).encode(), partition=partition,
+            headers=[(JOB_HEADER, job), (RECORDS_HEADER, str(records).encode())],
         ))
         if len(pending) >= 256:  # bound what waits in memory
             await asyncio.gather(*pending)
@@ -200,7 +209,7 @@ async def submit(
         try:
             async with asyncio.timeout_at(deadline):
                 with metrics.timed_stage("produce", count):
-                    await produce_spool(ctx, spool)
+                    await produce_spool(ctx, spool, job_id)
         except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
             await asyncio.shield(jobs.fail_job(ctx.pool, job_id, "broker unavailable during submission"))
             if isinstance(e, asyncio.CancelledError):

@@ -9,7 +9,6 @@ STAGE_LABELS = {
     "parse": "parse + validate (web)",
     "produce": "produce envelopes (web)",
     "consume": "consume + decode (worker)",
-    "dedup": "dedup table + index (worker)",
     "write": "database write (worker)",
     "publish": "publish outcomes (worker)",
     "report": "job reports (worker)",
@@ -40,7 +39,7 @@ def render(figures: dict[str, Any]) -> str:
     """Every figure of one bench run, as aligned plain-text tables."""
     out = [f"Sluice benchmark, {figures['machine']}", ""]
     runs: list[tuple[str, ...]] = []
-    for key in ("single", "concurrent", "big"):
+    for key in ("single", "dirty", "concurrent", "big"):
         run = figures.get(key)
         if run:
             runs.append((run["label"], _n(run["records"]), f"{run['payload_mb']:.1f}",

@@ -15,21 +15,25 @@ from aiokafka import AIOKafkaProducer
 
 from app.bench.processes import Pipeline, rss_bytes
 from app.bench.workload import (
+    DIRTY_CHECK,
     RECORDS,
     SECONDS,
+    DirtyMix,
     StageFigure,
     copy_rows,
+    dirty_existing_rows,
+    dirty_ndjson,
     ndjson,
     parse_metrics,
     reading,
     stage_deltas,
 )
-from app.sink import TERMINAL_STATES
 from app.topics import TopicNames
+from schemas.vocabulary import TERMINAL_STATES
 
 TARGET = "sensor_readings"
 WEB_STAGES = ("parse", "produce")
-WORKER_STAGES = ("consume", "dedup", "write", "publish", "report")
+WORKER_STAGES = ("consume", "write", "publish", "report")
 POLL_S = 0.05
 
 
@@ -50,6 +54,7 @@ class RunFigures:
     states: tuple[str, ...]
     stages: list[StageFigure]
     peak_web_rss_bytes: int | None = None
+    failed: int = 0
 
     @property
     def records_per_s(self) -> float:
@@ -93,8 +98,12 @@ async def _watch_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
 
 
 async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
-                   timeout_s: float = 600, watch_web_rss: bool = False) -> RunFigures:
-    """Submit the bodies concurrently, wait for every job; figures from first byte to last job."""
+                   timeout_s: float = 600, watch_web_rss: bool = False,
+                   failed: int = 0) -> RunFigures:
+    """Submit the bodies concurrently, wait for every job; figures from first byte to last job.
+
+    Every record must succeed except exactly ``failed`` of them, none a duplicate.
+    """
     records = sum(n for _, n in bodies)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                      headers=pipeline.auth_headers) as http:
@@ -115,16 +124,17 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
         jobs = await asyncio.gather(
             *(_wait_terminal(http, pipeline.base_url, j, timeout_s) for j in job_ids))
         total = time.perf_counter() - started
-        succeeded = sum(j["counts"]["succeeded"] for j in jobs)
-        if succeeded != records:
-            raise BenchError(f"{succeeded} of {records} records succeeded: {jobs}")
+        counts = {k: sum(j["counts"][k] for j in jobs) for k in ("succeeded", "failed", "duplicates")}
+        if counts != {"succeeded": records - failed, "failed": failed, "duplicates": 0}:
+            raise BenchError(f"counts {counts} for {records} records, {failed} expected to fail: {jobs}")
         await asyncio.sleep(0.5)  # let the report agent see the last results
         web_after = await _scrape(http, pipeline.base_url)
         worker_after = await _scrape(http, pipeline.worker_metrics_url)
     stages = [*stage_deltas(web_before, web_after, WEB_STAGES),
               *stage_deltas(worker_before, worker_after, WORKER_STAGES)]
     return RunFigures(records, sum(len(b) for b, _ in bodies), to_202, total,
-                      tuple(j["state"] for j in jobs), stages, peak[0] if watch_web_rss else None)
+                      tuple(j["state"] for j in jobs), stages, peak[0] if watch_web_rss else None,
+                      failed)
 
 
 async def warm_up(pipeline: Pipeline, tag: str) -> None:
@@ -177,6 +187,26 @@ async def _applied_from(pool: asyncpg.Pool, topic: str) -> int:
         "SELECT coalesce(sum(succeeded + failed + duplicates), 0) FROM sluice_jobs"
         " WHERE job_id LIKE $1", topic.replace("_", r"\_") + ":%",
     ))
+
+
+async def dirty_run(pipeline: Pipeline, dsn: str, tag: str, records: int) -> RunFigures:
+    """One payload with invalid records, existing keys of other values and CHECK-breaking
+    rows (the constraint added for the run only); counts must come out exact."""
+    mix = DirtyMix()
+    expected = mix.counts(records)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_records_to_table(TARGET, records=list(dirty_existing_rows(tag, records, mix)),
+                                         columns=["sensor_id", "value", "sampled_at"])
+        # NOT VALID: enforced for new rows without scanning the rows already there.
+        await conn.execute(f"ALTER TABLE {TARGET} ADD CONSTRAINT sluice_bench_dirty {DIRTY_CHECK} NOT VALID")
+        try:
+            return await http_run(pipeline, [(dirty_ndjson(tag, records, mix), records)],
+                                  failed=sum(expected.values()))
+        finally:
+            await conn.execute(f"ALTER TABLE {TARGET} DROP CONSTRAINT sluice_bench_dirty")
+    finally:
+        await conn.close()
 
 
 async def copy_baseline(dsn: str, tag: str, records: int) -> float:

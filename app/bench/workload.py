@@ -47,6 +47,62 @@ def ndjson_of_size(tag: str, size_bytes: int) -> tuple[bytes, int]:
         records += step
 
 
+@dataclass(frozen=True, slots=True)
+class DirtyMix:
+    """Which records of a dirty workload are bad, and how: every kind at its own indexes."""
+
+    invalid_every: int = 100
+    """One in this many fails validation (a string where a double belongs): 1 %."""
+    existing_every: int = 100
+    """One in this many meets a row already there with another value (23505): 1 %."""
+    check_every: int = 1000
+    """One in this many breaks the run's CHECK (value >= 0): 0.1 %."""
+
+    def kind(self, i: int) -> str | None:
+        """'invalid', 'existing', 'check', or None for a clean record."""
+        if i % self.invalid_every == 0:
+            return "invalid"
+        if i % self.existing_every == self.existing_every // 2:
+            return "existing"
+        if i % self.check_every == 7:
+            return "check"
+        return None
+
+    def counts(self, count: int) -> dict[str, int]:
+        """How many records of each kind among the first ``count``."""
+        tally = {"invalid": 0, "existing": 0, "check": 0}
+        for i in range(count):
+            if (k := self.kind(i)) is not None:
+                tally[k] += 1
+        return tally
+
+
+DIRTY_CHECK = "CHECK (value >= 0)"
+"""The constraint the dirty run adds to the table; clean readings all satisfy it."""
+
+
+def dirty_ndjson(tag: str, count: int, mix: DirtyMix = DirtyMix()) -> bytes:
+    """Readings like ``ndjson``'s, with the mix's invalid, existing-key and CHECK-breaking records."""
+    dumps = orjson.dumps
+    lines = []
+    for i in range(count):
+        record = reading(tag, i)
+        kind = mix.kind(i)
+        if kind == "invalid":
+            record["value"] = "not a number"
+        elif kind == "check":
+            record["value"] = -1.0
+        lines.append(dumps(record) + b"\n")
+    return b"".join(lines)
+
+
+def dirty_existing_rows(tag: str, count: int, mix: DirtyMix = DirtyMix()) -> Iterator[Row]:
+    """Rows to load before a dirty run: the 'existing' keys, with another value than the run's."""
+    for i in range(count):
+        if mix.kind(i) == "existing":
+            yield f"{tag}-{i % SENSORS}", i * 0.25 + 1.0, BASE + timedelta(milliseconds=i)
+
+
 def copy_rows(tag: str, count: int) -> Iterator[Row]:
     """The same readings as rows for a raw COPY."""
     for i in range(count):

@@ -94,6 +94,8 @@ def stack() -> Iterator[Stack]:
         env_var("worker_metrics_port"): str(free_port()),
         env_var("max_body_bytes"): str(TEST_MAX_BODY_BYTES),
         env_var("worker_id"): "sluice-test-worker",
+        # Envelopes naming a target nobody defines fail after this wait, not the default 60 s.
+        env_var("unknown_target_wait_s"): "3",
     })
     children = [_spawn("web", env, data / "web.log"), _spawn("worker", env, data / "worker.log")]
     try:

@@ -22,12 +22,17 @@ def test_bench_prints_every_figure_as_json() -> None:
     assert single["states"] == concurrent["states"] == big["states"] == ["completed"]
     assert 0 < big["payload_mb"] <= 0.5 and big["peak_web_rss_mb"] > 10
     stages = {s["stage"]: s for s in single["stages"]}
-    assert set(stages) == {"parse", "produce", "consume", "dedup", "write", "publish", "report"}
+    assert set(stages) == {"parse", "produce", "consume", "write", "publish", "report"}
     for stage in ("parse", "produce", "consume", "write"):
         assert stages[stage]["records"] == 4000 and stages[stage]["seconds"] > 0, stage
     assert figures["producers"]["records"] == 300 and figures["producers"]["records_per_s"] > 0
+    dirty = figures["dirty"]
+    # 1 % invalid (40), 1 % existing keys (40), 0.1 % CHECK violations (4): exact counts.
+    assert (dirty["records"], dirty["failed"]) == (4000, 84)
+    assert dirty["states"] == ["completed_with_errors"] and dirty["clean_ratio"] > 0
     assert figures["copy"]["records"] == 4000 and 0 < figures["copy"]["end_to_end_ratio"] < 1
     assert [r["batch_size"] for r in figures["batch_sweep"]["runs"]] == [500, 2000]
-    assert {t["what"].split(",")[0] for t in figures["targets"]} >= {"end to end", "big payload"}
+    assert {t["what"].split(",")[0] for t in figures["targets"]} >= {
+        "end to end", "big payload", "dirty rate as a share of the clean rate"}
     # Progress goes to stderr, so that stdout stays machine-readable.
     assert b"one payload of 4,000 records" in completed.stderr

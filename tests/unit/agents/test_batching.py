@@ -11,8 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.batching import chunk_by_records, outcome_document, result_messages
-from app.sink import DUPLICATE, FAILED, SUCCEEDED, BatchResult, Outcome
+from app.store.ledger import Outcome
+from app.store.sink import BatchResult
 from schemas.envelope import Envelope, Item
+from schemas.vocabulary import RecordStatus
+
+SUCCEEDED, FAILED, DUPLICATE = RecordStatus.SUCCEEDED, RecordStatus.FAILED, RecordStatus.DUPLICATE
 
 CREATED = datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
 

@@ -41,7 +41,7 @@ def test_defaults() -> None:
     assert settings.partitions == 4
     assert settings.batch_size == 1000
     assert settings.flush_interval_s == 0.2
-    assert settings.dedup_window_s == settings.idempotency_ttl_s == 24 * 3600
+    assert settings.idempotency_ttl_s == 24 * 3600
     assert settings.max_body_bytes == 100 * 1024 * 1024
 
 

@@ -13,11 +13,15 @@ import pytest
 from app.errors import SluiceError
 from schemas.envelope import (
     ENVELOPE_VERSION,
+    MALFORMED_ENVELOPE,
     MAX_ENVELOPE_BYTES,
+    UNKNOWN_TARGET,
     Envelope,
     EnvelopeCodec,
     EnvelopeError,
     Item,
+    UnknownTargetError,
+    salvage,
 )
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_target, load_targets
 
@@ -265,9 +269,23 @@ def test_missing_members_raise_envelope_error(codec: EnvelopeCodec, missing: str
         codec.decode(_tampered(codec, **{missing: _DELETE}))
 
 
-def test_unknown_target_raises_envelope_error(codec: EnvelopeCodec) -> None:
-    with pytest.raises(EnvelopeError, match="malformed envelope"):
+def test_unknown_target_raises_with_every_record_failed(codec: EnvelopeCodec) -> None:
+    with pytest.raises(UnknownTargetError, match="no_such_table") as caught:
         codec.decode(_tampered(codec, target="no_such_table"))
+    failed = caught.value.failed
+    assert failed.target == "no_such_table"
+    assert [i.index for i in failed.items] == [i.index for i in codec.decode(_tampered(codec)).items]
+    assert {(i.row, i.error_code) for i in failed.items} == {(None, UNKNOWN_TARGET)}
+
+
+def test_salvage_fails_every_named_record_or_gives_none(codec: EnvelopeCodec) -> None:
+    data = _tampered(codec, items=[[3, ["s", "not a double", 0], None, None], [7, None, "x", "y"]])
+    salvaged = salvage(data, MALFORMED_ENVELOPE, "cannot read")
+    assert salvaged is not None
+    assert [(i.index, i.row, i.error_code) for i in salvaged.items] == [
+        (3, None, MALFORMED_ENVELOPE), (7, None, MALFORMED_ENVELOPE)]
+    assert salvage(b"\x00garbage", MALFORMED_ENVELOPE, "m") is None
+    assert salvage(_tampered(codec, items=[["three", None, None, None]]), MALFORMED_ENVELOPE, "m") is None
 
 
 @pytest.mark.parametrize(
@@ -306,13 +324,13 @@ def test_max_envelope_bytes_is_below_the_broker_default() -> None:
 
 def test_small_envelope_is_encoded_whole(codec: EnvelopeCodec) -> None:
     envelope = _sensor_envelope()
-    assert codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES) == [codec.encode(envelope)]
+    assert codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES) == [(envelope, codec.encode(envelope))]
 
 
 def test_exactly_the_limit_is_not_split(codec: EnvelopeCodec) -> None:
     envelope = _sensor_envelope(items=_long_rows(4))
     size = len(codec.encode(envelope))
-    assert codec.encode_bounded(envelope, size) == [codec.encode(envelope)]
+    assert codec.encode_bounded(envelope, size) == [(envelope, codec.encode(envelope))]
     assert len(codec.encode_bounded(envelope, size - 1)) > 1
 
 
@@ -323,7 +341,7 @@ def test_large_envelope_is_split_into_parts_that_fit(
     envelope = _sensor_envelope(
         items=_long_rows(count), source_topic="in", source_partition=1, operation="upsert"
     )
-    parts = codec.encode_bounded(envelope, max_bytes)
+    parts = [data for _, data in codec.encode_bounded(envelope, max_bytes)]
     assert len(parts) > 1
     assert all(len(part) <= max_bytes for part in parts)
     decoded = [codec.decode(part) for part in parts]
@@ -337,7 +355,7 @@ def test_large_envelope_is_split_into_parts_that_fit(
 
 def test_a_single_oversized_record_is_left_whole(codec: EnvelopeCodec) -> None:
     envelope = _sensor_envelope(items=_long_rows(1, width=5_000))
-    parts = codec.encode_bounded(envelope, 1_000)
+    parts = [data for _, data in codec.encode_bounded(envelope, 1_000)]
     assert parts == [codec.encode(envelope)]
     assert len(parts[0]) > 1_000
 
@@ -346,7 +364,7 @@ def test_an_oversized_record_among_small_ones_gets_its_own_part(codec: EnvelopeC
     items = [*_long_rows(3, width=10), Item(3, ("big" + "y" * 5_000, 0.0, SAMPLED)),
              *[Item(i, ("s", 0.0, SAMPLED)) for i in range(4, 8)]]
     envelope = _sensor_envelope(items=items)
-    parts = [codec.decode(p) for p in codec.encode_bounded(envelope, 1_000)]
+    parts = [codec.decode(p) for _, p in codec.encode_bounded(envelope, 1_000)]
     assert [item for part in parts for item in part.items] == items
     (big,) = [part for part in parts if any(item.index == 3 for item in part.items)]
     assert [item.index for item in big.items] == [3]

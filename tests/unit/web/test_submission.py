@@ -127,10 +127,10 @@ def test_spool_replays_in_order_with_content(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     try:
         frames = [(3, b'{"v":1}'), (0, b""), (3, b"\x00\xff binary \n"), (255, b"x" * 70_000)]
-        for partition, data in frames:
-            spool.append(partition, data)
+        for n, (partition, data) in enumerate(frames):
+            spool.append(partition, data, n)
         assert spool.envelopes == 4
-        assert list(spool.replay()) == frames
+        assert list(spool.replay()) == [(p, n, d) for n, (p, d) in enumerate(frames)]
     finally:
         spool.close()
 
@@ -138,10 +138,10 @@ def test_spool_replays_in_order_with_content(tmp_path: Path) -> None:
 def test_spool_can_be_replayed_twice(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     try:
-        spool.append(1, b"one")
-        spool.append(2, b"two")
+        spool.append(1, b"one", 1)
+        spool.append(2, b"two", 1)
         first = list(spool.replay())
-        assert list(spool.replay()) == first == [(1, b"one"), (2, b"two")]
+        assert list(spool.replay()) == first == [(1, 1, b"one"), (2, 1, b"two")]
     finally:
         spool.close()
 
@@ -160,8 +160,8 @@ def test_spool_creates_its_directory(tmp_path: Path) -> None:
     spool = Spool(directory)
     try:
         assert directory.is_dir()
-        spool.append(0, b"data")
-        assert list(spool.replay()) == [(0, b"data")]
+        spool.append(0, b"data", 1)
+        assert list(spool.replay()) == [(0, 1, b"data")]
     finally:
         spool.close()
 
@@ -169,10 +169,10 @@ def test_spool_creates_its_directory(tmp_path: Path) -> None:
 def test_spools_are_independent(tmp_path: Path) -> None:
     first, second = Spool(tmp_path), Spool(tmp_path)
     try:
-        first.append(0, b"first")
-        second.append(1, b"second")
-        assert list(first.replay()) == [(0, b"first")]
-        assert list(second.replay()) == [(1, b"second")]
+        first.append(0, b"first", 1)
+        second.append(1, b"second", 1)
+        assert list(first.replay()) == [(0, 1, b"first")]
+        assert list(second.replay()) == [(1, 1, b"second")]
     finally:
         first.close()
         second.close()
@@ -180,7 +180,7 @@ def test_spools_are_independent(tmp_path: Path) -> None:
 
 def test_close_leaves_nothing_behind(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    spool.append(0, b"data")
+    spool.append(0, b"data", 1)
     spool.close()
     assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError):

@@ -1,0 +1,424 @@
+"""The one PostgreSQL write boundary: a chunk of envelopes in, one transaction, outcomes out.
+
+Plan in, SQL out. Per target, the chunk's records are staged by binary COPY; one query
+evaluates the table's own row rules on them, one reads which keys have a row and
+whether each record equals it; ``schemas.write_plan`` then decides every outcome and at
+most one action per key, and two set-based statements apply those actions. Records of
+one key are thereby applied in log order, across operations and jobs.
+
+Exactly-once effects from at-least-once delivery: every outcome goes to the ledger in
+the same transaction as the rows, so an envelope delivered again finds its records
+there and is re-published, never re-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from app.errors import SluiceError
+from app.store import ledger
+from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
+from app.store.ledger import Outcome
+from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
+from schemas.envelope import Envelope
+from schemas.identity import key_json_encoder
+from schemas.sql import TargetStatements, statements_for
+from schemas.targets import Target
+from schemas.vocabulary import HALTED_STATES, JobState, Operation, RecordStatus
+from schemas.write_plan import ExistingRows, Step, Verdict, plan_writes
+
+log = logging.getLogger(__name__)
+
+ISOLATION_FANOUT = 8
+"""A set the database refuses is split this many ways, each part under a savepoint, until
+the refused rows stand alone: about log8(n) statements per bad row, no TRUNCATE inside."""
+UNKNOWN_TARGET = "unknown_target"
+UNDELIVERABLE = "undeliverable_envelope"
+
+
+class JobNotSealed(SluiceError):
+    """A job's records are still being produced; its envelopes must wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """A records-topic message that could not be read as an envelope."""
+
+    partition: int
+    offset: int
+    job_id: str | None
+    """From the message's headers, when they name it."""
+    records: int
+    reason: str
+
+
+class _Job(NamedTuple):
+    state: str
+    tenant: str | None
+    created_on: date
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one committed chunk produced, for the agent to publish after the commit."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Job snapshots after this chunk's counts were added."""
+    replayed: list[Outcome] = field(default_factory=list)
+    """Outcomes found already written: a redelivered envelope; published again."""
+
+
+class _Pending(NamedTuple):
+    """A valid record waiting for its write."""
+
+    job_id: str
+    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here uses
+    operation: Operation
+    row: tuple[Any, ...]
+    tenant: str | None
+
+
+class PostgresSink:
+    """Writes chunks of envelopes into their target tables."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        targets: Mapping[str, Target],
+        *,
+        receiving_grace: timedelta,
+        consumer_group: str,
+        topic: str,
+    ) -> None:
+        self._pool = pool
+        self._group = consumer_group
+        self._topic = topic
+        self._targets: dict[str, Target] = {}
+        self._statements: dict[str, TargetStatements] = {}
+        self._checks: dict[str, RowChecks] = {}
+        self._receiving_grace = receiving_grace
+        self.add_targets(targets)
+
+    def add_targets(self, targets: Mapping[str, Target]) -> None:
+        """Learn targets (a rolling deploy may add one while this worker runs)."""
+        for name, target in targets.items():
+            if name not in self._targets:
+                self._targets[name] = target
+                self._statements[name] = statements_for(target)
+                self._checks[name] = RowChecks(target, self._statements[name].stage)
+
+    async def positions(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The next offset to write per partition, as committed with the rows (absent: none yet)."""
+        rows = await self._pool.fetch(
+            "SELECT partition, next_offset FROM sluice_consumer_positions"
+            " WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::int[])",
+            self._group, self._topic, list(partitions),
+        )
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    async def advance(self, positions: Mapping[int, int]) -> None:
+        """Move positions past envelopes that had nothing to write."""
+        await self._pool.execute(
+            _ADVANCE_POSITIONS, self._group, self._topic, list(positions), list(positions.values())
+        )
+
+    async def write(
+        self,
+        envelopes: Sequence[Envelope],
+        positions: Mapping[int, int],
+        undeliverable: Sequence[Undeliverable] = (),
+        *,
+        give_up: Verdict | None = None,
+    ) -> BatchResult:
+        """Apply every record of the envelopes in one transaction; advance ``positions`` in it.
+
+        Raises JobNotSealed if a job is still being received. With ``give_up``, nothing
+        is written to the targets: every record not yet in the ledger gets that verdict
+        (a batch that kept failing past its retry bound).
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            jobs = await self._jobs(conn, envelopes, undeliverable)
+            live = [e for e in envelopes if e.job_id in jobs]
+            done = await self._already_written(conn, live, jobs)
+            result = BatchResult(replayed=list(done.values()))
+            pending: dict[str, list[_Pending]] = {}
+            for envelope in live:
+                self._sort_items(envelope, jobs[envelope.job_id], done, result, pending, give_up)
+            for target_name in sorted(pending):
+                await self._apply(conn, self._targets[target_name], pending[target_name], result)
+            await ledger.record(conn, result.outcomes)
+            result.jobs = await _update_jobs(conn, live, result.outcomes, undeliverable, jobs)
+            await _record_undeliverable(conn, self._topic, undeliverable)
+            await conn.execute(
+                _ADVANCE_POSITIONS, self._group, self._topic,
+                list(positions), list(positions.values()),
+            )
+            return result
+
+    def _sort_items(
+        self,
+        envelope: Envelope,
+        job: _Job,
+        done: Mapping[tuple[str, int], Outcome],
+        result: BatchResult,
+        pending: dict[str, list[_Pending]],
+        give_up: Verdict | None,
+    ) -> None:
+        """Settle what needs no write (replayed, halted, invalid, unknown target); queue the rest."""
+        target = self._targets.get(envelope.target)
+        key_json = key_json_encoder(target) if target is not None else None
+        halted = job.state in HALTED_STATES
+        job_id, operation = envelope.job_id, Operation(envelope.operation)
+        queue = pending.setdefault(envelope.target, []) if target is not None else None
+        outcomes = result.outcomes
+        for item in envelope.items:
+            if done and (job_id, item.index) in done:
+                continue
+            row = item.row
+            key = key_json(row) if key_json is not None and row is not None else None
+            if halted:
+                outcomes.append(Outcome(job_id, item.index, RecordStatus.ABORTED, key))
+            elif row is None:
+                outcomes.append(Outcome(job_id, item.index, RecordStatus.FAILED, None,
+                                        item.error_code, item.error_message))
+            elif give_up is not None:
+                outcomes.append(Outcome(job_id, item.index, give_up.status, key,
+                                        give_up.code, give_up.message))
+            elif queue is None:
+                outcomes.append(Outcome(job_id, item.index, RecordStatus.FAILED, None, UNKNOWN_TARGET,
+                                        f"this worker knows no target named {envelope.target!r}"))
+            else:
+                queue.append(_Pending(job_id, item.index, operation, row, job.tenant))
+
+    async def _apply(
+        self, conn: asyncpg.Connection, target: Target, records: list[_Pending], result: BatchResult
+    ) -> None:
+        """Stage, check, read, plan and write one target's records; add their outcomes."""
+        sql = self._statements[target.name]
+        checks = self._checks[target.name]
+        key_of = target.key_of
+        await conn.execute(sql.prepare_stage)
+        await conn.copy_records_to_table(
+            sql.stage, columns=list(sql.stage_columns),
+            records=[(n, *r.row, r.tenant) for n, r in enumerate(records)],
+        )
+        steps = [Step(n, r.operation, key_of(r.row), r.row, r.tenant) for n, r in enumerate(records)]
+        found = await conn.fetch(sql.existing)
+        existing = ExistingRows(present={steps[r["ord"]].key for r in found},
+                                same={r["ord"] for r in found if r["same"]})
+        checked = [s.ord for s in steps if s.operation is not Operation.DELETE]
+        verdicts: dict[int, Verdict] = {}
+        for last_try in (False, True):
+            refused = await checks.refused(conn, checked)
+            writes = conn.transaction()  # a savepoint: undone if the table's rules changed
+            await writes.start()
+            try:
+                verdicts = await _write_planned(conn, sql, steps, existing, refused,
+                                                rules_may_be_stale=not last_try)
+            except _RulesChanged:
+                await writes.rollback()
+                checks.stale()
+                continue
+            await writes.commit()
+            break
+        key_json = key_json_encoder(target)
+        append = result.outcomes.append
+        for n, record in enumerate(records):
+            v = verdicts[n]
+            append(Outcome(record.job_id, record.index, v.status, key_json(record.row), v.code, v.message))
+
+    async def _jobs(
+        self, conn: asyncpg.Connection, envelopes: Sequence[Envelope],
+        undeliverable: Sequence[Undeliverable],
+    ) -> dict[str, _Job]:
+        """The jobs of these envelopes that exist (an absent job's submission was refused
+        before it was recorded: its records are ignored)."""
+        stream_jobs = {e.job_id: e for e in envelopes if e.source_topic is not None}
+        for job_id, e in sorted(stream_jobs.items()):
+            await conn.execute(
+                "INSERT INTO sluice_jobs (job_id, target, operation, source, state, accepted_at)"
+                " VALUES ($1, $2, $3, 'kafka', $4, now()) ON CONFLICT DO NOTHING",
+                job_id, e.target, e.operation, JobState.PROCESSING,
+            )
+        wanted = {e.job_id for e in envelopes} | {u.job_id for u in undeliverable if u.job_id}
+        rows = await conn.fetch(
+            "SELECT job_id, state, tenant, created_at FROM sluice_jobs WHERE job_id = ANY($1::text[])",
+            list(wanted),
+        )
+        jobs: dict[str, _Job] = {}
+        now = datetime.now(UTC)
+        for row in rows:
+            state = row["state"]
+            if state == JobState.RECEIVING:
+                if now - row["created_at"] < self._receiving_grace:
+                    raise JobNotSealed(row["job_id"])
+                # Its submitter died between producing and sealing: nothing of it is applied.
+                await conn.execute(
+                    "UPDATE sluice_jobs SET state = $2, completed_at = now(), updated_at = now(),"
+                    " reason = 'submission did not complete' WHERE job_id = $1 AND state = $3",
+                    row["job_id"], JobState.FAILED, JobState.RECEIVING,
+                )
+                state = JobState.FAILED
+            jobs[row["job_id"]] = _Job(state, row["tenant"], row["created_at"].date())
+        return jobs
+
+    @staticmethod
+    async def _already_written(
+        conn: asyncpg.Connection, envelopes: Sequence[Envelope], jobs: Mapping[str, _Job]
+    ) -> dict[tuple[str, int], Outcome]:
+        """Every envelope is looked up, not only those below the committed position: the
+        same records can come back at a new offset (the forwarder re-forwarding after a crash)."""
+        job_ids: list[str] = []
+        indexes: list[int] = []
+        for e in envelopes:
+            job_ids.extend([e.job_id] * len(e.items))
+            indexes.extend(item.index for item in e.items)
+        if not job_ids:
+            return {}
+        # Outcomes are written on or after the day their job was created (a day of slack
+        # for clocks): older day partitions need not be searched.
+        since = min(jobs[e.job_id].created_on for e in envelopes) - timedelta(days=1)
+        return await ledger.already_written(conn, job_ids, indexes, since)
+
+
+class _RulesChanged(SluiceError):
+    """The table refused a row by a CHECK or NOT NULL rule the pre-check did not know."""
+
+
+async def _write_planned(
+    conn: asyncpg.Connection, sql: TargetStatements, steps: list[Step], existing: ExistingRows,
+    refused: dict[int, Verdict], *, rules_may_be_stale: bool,
+) -> dict[int, Verdict]:
+    """Plan and write; rows the database refuses fail and their keys are judged again.
+
+    Only a key's final state is written, so a record superseded within the write is judged
+    by the pre-checked rules alone: if the table refuses a row by a rule the pre-check did
+    not know, _RulesChanged makes the caller re-read the rules and start again.
+    """
+    plan = plan_writes(steps, existing, refused)
+    verdicts = dict(plan.verdicts)
+    writes, deletes = plan.writes, plan.deletes
+    while writes or deletes:
+        failures = await _write_isolating(conn, sql, writes, deletes)
+        if not failures:
+            break
+        if rules_may_be_stale and any(
+                v.code in (CHECK_VIOLATION, NOT_NULL_VIOLATION) for v in failures.values()):
+            raise _RulesChanged()
+        # The refused records leave their keys as they were: judge those keys again
+        # without them; every other key's action is already applied.
+        affected = {plan.key_of_action[o] for o in failures}
+        refused = {**refused, **failures}
+        plan = plan_writes([s for s in steps if s.key in affected], existing, refused)
+        verdicts.update(plan.verdicts)
+        writes, deletes = plan.writes, plan.deletes
+    return verdicts
+
+
+async def _write_isolating(
+    conn: asyncpg.Connection, sql: TargetStatements, writes: list[int], deletes: list[int]
+) -> dict[int, Verdict]:
+    """Apply the actions; any the database refuses are isolated and returned with their SQLSTATE.
+
+    Every attempt runs under its own savepoint, so a refused part costs only itself.
+    """
+    failures: dict[int, Verdict] = {}
+
+    async def attempt(ws: list[int], ds: list[int]) -> None:
+        try:
+            async with conn.transaction():  # a savepoint
+                if ds:
+                    await conn.execute(sql.delete, ds)
+                if ws:
+                    await conn.execute(sql.write, ws)
+        except asyncpg.PostgresError as e:
+            if classify(e) is not ErrorKind.ROW:
+                raise
+            if len(ws) + len(ds) == 1:
+                failures[(ws or ds)[0]] = Verdict(
+                    RecordStatus.FAILED, sqlstate_of(e), row_error_message(e))
+                return
+            actions = [(o, True) for o in ws] + [(o, False) for o in ds]
+            size = -(-len(actions) // ISOLATION_FANOUT)
+            for start in range(0, len(actions), size):
+                part = actions[start:start + size]
+                await attempt([o for o, w in part if w], [o for o, w in part if not w])
+
+    await attempt(writes, deletes)
+    return failures
+
+
+async def _update_jobs(
+    conn: asyncpg.Connection, envelopes: Sequence[Envelope], outcomes: Sequence[Outcome],
+    undeliverable: Sequence[Undeliverable], jobs: Mapping[str, _Job],
+) -> dict[str, dict[str, Any]]:
+    counts: dict[str, list[int]] = {e.job_id: [0, 0, 0, 0] for e in envelopes}
+    slot = {RecordStatus.SUCCEEDED: 0, RecordStatus.FAILED: 1, RecordStatus.DUPLICATE: 2,
+            RecordStatus.ABORTED: 3}
+    for o in outcomes:
+        counts[o.job_id][slot[RecordStatus(o.status)]] += 1
+    for u in undeliverable:
+        if u.job_id is not None and u.job_id in jobs:
+            counts.setdefault(u.job_id, [0, 0, 0, 0])[1] += u.records
+    stream = {e.job_id for e in envelopes if e.source_topic is not None}
+    snapshots: dict[str, dict[str, Any]] = {}
+    # Sorted: two transactions updating the same jobs lock them in the same order.
+    for job_id, (ok, bad, dup, aborted) in sorted(counts.items()):
+        if ok + bad + dup + aborted == 0:
+            continue
+        row = await conn.fetchrow(_UPDATE_JOB, job_id, ok, bad, dup, job_id in stream, aborted)
+        if row is not None:
+            snapshots[job_id] = dict(row)
+    return snapshots
+
+
+async def _record_undeliverable(
+    conn: asyncpg.Connection, topic: str, undeliverable: Sequence[Undeliverable]
+) -> None:
+    for u in undeliverable:
+        await conn.execute(
+            "INSERT INTO sluice_undeliverable (topic, partition, \"offset\", job_id, records, reason)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            topic, u.partition, u.offset, u.job_id, u.records, u.reason,
+        )
+
+
+_ADVANCE_POSITIONS = """
+INSERT INTO sluice_consumer_positions (consumer_group, topic, partition, next_offset)
+SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
+ON CONFLICT (consumer_group, topic, partition)
+DO UPDATE SET next_offset = GREATEST(sluice_consumer_positions.next_offset, EXCLUDED.next_offset)
+"""
+
+# A halted job (failed, aborted) keeps its state and completion time: only its counts move.
+_UPDATE_JOB = """
+UPDATE sluice_jobs SET
+    succeeded = succeeded + $2,
+    failed = failed + $3,
+    duplicates = duplicates + $4,
+    aborted = aborted + $6,
+    records_received = records_received + CASE WHEN $5 THEN $2 + $3 + $4 ELSE 0 END,
+    state = CASE
+        WHEN state IN ('failed', 'aborted') THEN state
+        WHEN $5 THEN 'processing'
+        WHEN succeeded + failed + duplicates + $2 + $3 + $4 < records_received THEN 'processing'
+        WHEN failed + $3 > 0 THEN 'completed_with_errors'
+        ELSE 'completed' END,
+    completed_at = CASE
+        WHEN state IN ('failed', 'aborted') THEN completed_at
+        WHEN NOT $5 AND succeeded + failed + duplicates + $2 + $3 + $4 >= records_received
+        THEN now() END,
+    progressed_at = now(),
+    updated_at = now()
+WHERE job_id = $1
+RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
+          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at,
+          tenant, principal
+"""
