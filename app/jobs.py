@@ -7,7 +7,9 @@ from typing import Any
 
 import asyncpg
 
-RESULT_STATUSES = ("succeeded", "failed", "duplicate", "aborted")
+from schemas.vocabulary import RecordStatus
+
+RESULT_STATUSES = tuple(RecordStatus)
 
 
 async def create_receiving_job(

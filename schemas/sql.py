@@ -48,8 +48,14 @@ class TargetStatements:
     """For staged rows whose key has a row: (ord, whether values and tenant are the same)."""
     write: str
     """Make the staged rows of the given ords their keys' rows: insert, or replace by key."""
+    write_all: str
+    """``write`` for every staged row (the common case: no filter to evaluate per row)."""
     delete: str
     """Delete the rows of the keys staged under the given ords."""
+    insert_new: str
+    """Insert the staged rows of the given ords whose keys have no row; the tag counts them."""
+    insert_new_all: str
+    """``insert_new`` for every staged row."""
 
 
 def statements_for(target: Target) -> TargetStatements:
@@ -68,6 +74,9 @@ def statements_for(target: Target) -> TargetStatements:
     )
     stage_definitions = ", ".join(f"{quote(c.name)} {c.pg_type}" for c in target.columns)
     key_join = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    # One index probe per staged row, whatever the planner thinks of an unanalysed temp
+    # table: a plain join was planned as a hash join over the whole target table.
+    probe = f"CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {key_join} LIMIT 1) t"
     compared = [*non_keys, tenant]
     same = (f"({', '.join(f't.{c}' for c in compared)}) IS NOT DISTINCT FROM "
             f"({', '.join(f's.{c}' for c in compared)})")
@@ -85,7 +94,7 @@ def statements_for(target: Target) -> TargetStatements:
         stage=stage.strip('"'),
         stage_columns=(ORD, *target.column_names, TENANT),
         existing=(
-            f"SELECT s.{ord_} AS ord, {same} AS same FROM {stage} s JOIN {table} t ON {key_join}"
+            f"SELECT s.{ord_} AS ord, {same} AS same FROM {stage} s {probe}"
         ),
         # Rows go in key order so that two transactions touching the same rows take their
         # locks in the same order and cannot deadlock.
@@ -94,8 +103,22 @@ def statements_for(target: Target) -> TargetStatements:
             f"WHERE {ord_} = ANY($1::int[]) ORDER BY {key_list} "
             f"ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
         ),
+        write_all=(
+            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
+            f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
+        ),
+        insert_new=(
+            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
+            f"WHERE {ord_} = ANY($1::int[]) ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING"
+        ),
+        insert_new_all=(
+            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
+            f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING"
+        ),
         delete=(
-            f"DELETE FROM {table} t USING {stage} s WHERE {key_join} AND s.{ord_} = ANY($1::int[])"
+            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT p.ctid FROM {stage} s "
+            f"CROSS JOIN LATERAL (SELECT t.ctid FROM {table} t WHERE {key_join} LIMIT 1) p "
+            f"WHERE s.{ord_} = ANY($1::int[])))"
         ),
     )
 

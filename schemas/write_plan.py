@@ -24,7 +24,7 @@ never says that another tenant's row holds exactly these values.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -80,6 +80,10 @@ class WritePlan:
 _ABSENT = 0
 _INITIAL = 1
 _WRITTEN = 2
+# Verdicts are immutable: one of each, shared by every record that gets it.
+_SUCCEEDED = Verdict(RecordStatus.SUCCEEDED)
+_DUPLICATE = Verdict(RecordStatus.DUPLICATE)
+_KEY_EXISTS = Verdict(RecordStatus.FAILED, UNIQUE_VIOLATION, UNIQUE_VIOLATION_MESSAGE)
 
 
 def plan_writes(
@@ -95,11 +99,16 @@ def plan_writes(
     last state is written: a key changed and changed back is left untouched.
     """
     plan = WritePlan()
-    by_key: dict[tuple[Any, ...], list[Step]] = {}
-    for step in steps:
-        by_key.setdefault(step.key, []).append(step)
+    groups: Iterable[tuple[tuple[Any, ...], Sequence[Step]]]
+    if len({step.key for step in steps}) == len(steps):  # the common case: no key repeats
+        groups = ((step.key, (step,)) for step in steps)
+    else:
+        by_key: dict[tuple[Any, ...], list[Step]] = {}
+        for step in steps:
+            by_key.setdefault(step.key, []).append(step)
+        groups = by_key.items()
     present, same = existing.present, existing.same
-    for key, key_steps in by_key.items():
+    for key, key_steps in groups:
         initially_present = key in present
         state = _INITIAL if initially_present else _ABSENT
         last: Step | None = None  # the record whose values the row holds, when _WRITTEN
@@ -108,7 +117,7 @@ def plan_writes(
             verdict = refused.get(step.ord)
             if verdict is None:
                 state, last, verdict = _apply(state, last, step, same)
-                if step.operation is Operation.DELETE and verdict.status is RecordStatus.SUCCEEDED:
+                if step.operation is Operation.DELETE and verdict is _SUCCEEDED:
                     deleting = step
             plan.verdicts[step.ord] = verdict
         if state == _WRITTEN:
@@ -129,17 +138,17 @@ def _apply(
     """One record against its key's current state: (next state, row holder, outcome)."""
     if step.operation is Operation.DELETE:
         if state == _ABSENT:
-            return state, last, Verdict(RecordStatus.DUPLICATE)
-        return _ABSENT, None, Verdict(RecordStatus.SUCCEEDED)
+            return state, last, _DUPLICATE
+        return _ABSENT, None, _SUCCEEDED
     if state == _ABSENT:
-        return _WRITTEN, step, Verdict(RecordStatus.SUCCEEDED)
+        return _WRITTEN, step, _SUCCEEDED
     if state == _INITIAL:
         unchanged = step.ord in same
     else:
         assert last is not None
         unchanged = last.values == step.values and last.tenant == step.tenant
     if unchanged:
-        return state, last, Verdict(RecordStatus.DUPLICATE)
+        return state, last, _DUPLICATE
     if step.operation is Operation.INSERT:
-        return state, last, Verdict(RecordStatus.FAILED, UNIQUE_VIOLATION, UNIQUE_VIOLATION_MESSAGE)
-    return _WRITTEN, step, Verdict(RecordStatus.SUCCEEDED)
+        return state, last, _KEY_EXISTS
+    return _WRITTEN, step, _SUCCEEDED

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import jobs, metrics
+from schemas.vocabulary import JobState
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.payloads import PayloadReader, media_type_for
@@ -147,7 +148,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
     audit("bulk operation accepted", principal, target=accepted.target,
           operation=accepted.operation, records=accepted.records, job_id=accepted.job_id)
     links = _job_links(request, accepted.job_id)
-    body = {"job_id": accepted.job_id, "state": "accepted", "target": accepted.target,
+    body = {"job_id": accepted.job_id, "state": JobState.ACCEPTED, "target": accepted.target,
             "operation": accepted.operation, "records_received": accepted.records,
             "links": links}
     if key is not None:

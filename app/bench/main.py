@@ -24,6 +24,8 @@ GOAL_RECORDS_PER_S = 25_000
 GOAL_BIG_202_S = 30.0
 GOAL_BIG_TERMINAL_S = 300.0
 GOAL_WEB_RSS_BYTES = 300 * 1024 * 1024
+GOAL_WORKER_RSS_BYTES = 500 * 1024 * 1024
+"""Worker memory must not grow with what it has written (issue: correct writes)."""
 GOAL_DIRTY_SHARE = 0.80
 """Dirty data (issue: correct writes) must cost about what the bad rows cost, not the batch."""
 
@@ -59,6 +61,7 @@ def _run_doc(label: str, run: RunFigures) -> dict[str, Any]:
         "to_202_s": run.to_202_s, "total_s": run.total_s, "records_per_s": run.records_per_s,
         "states": sorted(set(run.states)), "peak_web_rss_mb": (
             run.peak_web_rss_bytes / 2**20 if run.peak_web_rss_bytes is not None else None),
+        "peak_worker_rss_mb": run.peak_worker_rss_bytes / 2**20,
         "stages": [{**asdict(s), "records_per_s": s.records_per_s} for s in run.stages],
     }
 
@@ -128,6 +131,10 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
                        "figure": f"{single['records_per_s']:,.0f} records/s",
                        "target": f">= {GOAL_RECORDS_PER_S:,} records/s",
                        "ok": single["records_per_s"] >= GOAL_RECORDS_PER_S})
+        checks.append({"what": f"worker peak RSS, {single['label']} (sampled every 20 ms)",
+                       "figure": f"{single['peak_worker_rss_mb']:.0f} MB",
+                       "target": f"< {GOAL_WORKER_RSS_BYTES // 2**20} MB",
+                       "ok": single["peak_worker_rss_mb"] * 2**20 < GOAL_WORKER_RSS_BYTES})
     if big := figures.get("big"):
         checks += [
             {"what": "big payload, time to 202", "figure": f"{big['to_202_s']:.1f} s",

@@ -55,6 +55,8 @@ class RunFigures:
     stages: list[StageFigure]
     peak_web_rss_bytes: int | None = None
     failed: int = 0
+    peak_worker_rss_bytes: int = 0
+    """Sampled every 20 ms from the first byte to the last job's end."""
 
     @property
     def records_per_s(self) -> float:
@@ -109,21 +111,28 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
                                      headers=pipeline.auth_headers) as http:
         web_before = await _scrape(http, pipeline.base_url)
         worker_before = await _scrape(http, pipeline.worker_metrics_url)
-        peak = [0]
-        stop_watch = asyncio.Event()
+        peak, worker_peak = [0], [0]
+        stop_watch, stop_worker_watch = asyncio.Event(), asyncio.Event()
         watcher = (asyncio.create_task(_watch_rss(pipeline.web.pid, peak, stop_watch))
                    if watch_web_rss else None)
+        worker_watcher = asyncio.create_task(
+            _watch_rss(pipeline.worker.pid, worker_peak, stop_worker_watch))
         started = time.perf_counter()
         try:
-            job_ids = await asyncio.gather(*(_submit(http, pipeline.base_url, b) for b, _ in bodies))
+            try:
+                job_ids = await asyncio.gather(
+                    *(_submit(http, pipeline.base_url, b) for b, _ in bodies))
+            finally:
+                stop_watch.set()
+                if watcher is not None:
+                    await watcher
+            to_202 = time.perf_counter() - started
+            jobs = await asyncio.gather(
+                *(_wait_terminal(http, pipeline.base_url, j, timeout_s) for j in job_ids))
+            total = time.perf_counter() - started
         finally:
-            stop_watch.set()
-            if watcher is not None:
-                await watcher
-        to_202 = time.perf_counter() - started
-        jobs = await asyncio.gather(
-            *(_wait_terminal(http, pipeline.base_url, j, timeout_s) for j in job_ids))
-        total = time.perf_counter() - started
+            stop_worker_watch.set()
+            await worker_watcher
         counts = {k: sum(j["counts"][k] for j in jobs) for k in ("succeeded", "failed", "duplicates")}
         if counts != {"succeeded": records - failed, "failed": failed, "duplicates": 0}:
             raise BenchError(f"counts {counts} for {records} records, {failed} expected to fail: {jobs}")
@@ -134,7 +143,7 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
               *stage_deltas(worker_before, worker_after, WORKER_STAGES)]
     return RunFigures(records, sum(len(b) for b, _ in bodies), to_202, total,
                       tuple(j["state"] for j in jobs), stages, peak[0] if watch_web_rss else None,
-                      failed)
+                      failed, worker_peak[0])
 
 
 async def warm_up(pipeline: Pipeline, tag: str) -> None:

@@ -134,9 +134,11 @@ async def already_written(
     if not job_ids:
         return {}
     rows = await conn.fetch(
-        f"SELECT r.job_id, r.idx, r.status, r.key, r.code, r.message FROM {TABLE} r"
-        " JOIN unnest($1::text[], $2::bigint[]) AS b(job_id, idx)"
-        " ON r.job_id = b.job_id AND r.idx = b.idx WHERE r.written_on >= $3",
+        # LATERAL: one index probe per record, never a scan of the ledger.
+        "SELECT r.job_id, r.idx, r.status, r.key, r.code, r.message"
+        " FROM unnest($1::text[], $2::bigint[]) AS b(job_id, idx) CROSS JOIN LATERAL ("
+        f" SELECT * FROM {TABLE} r WHERE r.job_id = b.job_id AND r.idx = b.idx"
+        " AND r.written_on >= $3 LIMIT 1) r",
         job_ids, indexes, since,
     )
     return {(r["job_id"], r["idx"]): Outcome(*r) for r in rows}

@@ -75,6 +75,9 @@ class RowChecks:
     async def _read(self, conn: asyncpg.Connection) -> None:
         target = self._target
         known = {c.name for c in target.columns}
+        # Validation already refuses null where the schema forbids it: only columns the
+        # schema allows null in but the table does not need a check.
+        nullable = {c.name for c in target.columns if c.nullable}
         table = quote(target.name)
         rules: list[_Rule] = []
         for row in await conn.fetch(_RULES, table):
@@ -83,6 +86,8 @@ class RowChecks:
                 continue
             if row["name"] is None:
                 (column,) = columns
+                if column not in nullable:
+                    continue
                 rules.append(_Rule(
                     NOT_NULL_VIOLATION,
                     f'null value in column "{column}" of relation "{target.name}" violates '

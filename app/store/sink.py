@@ -182,6 +182,9 @@ class PostgresSink:
             if done and (job_id, item.index) in done:
                 continue
             row = item.row
+            if queue is not None and row is not None and not halted and give_up is None:
+                queue.append(_Pending(job_id, item.index, operation, row, job.tenant))
+                continue
             key = key_json(row) if key_json is not None and row is not None else None
             if halted:
                 outcomes.append(Outcome(job_id, item.index, RecordStatus.ABORTED, key))
@@ -191,11 +194,9 @@ class PostgresSink:
             elif give_up is not None:
                 outcomes.append(Outcome(job_id, item.index, give_up.status, key,
                                         give_up.code, give_up.message))
-            elif queue is None:
+            else:
                 outcomes.append(Outcome(job_id, item.index, RecordStatus.FAILED, None, UNKNOWN_TARGET,
                                         f"this worker knows no target named {envelope.target!r}"))
-            else:
-                queue.append(_Pending(job_id, item.index, operation, row, job.tenant))
 
     async def _apply(
         self, conn: asyncpg.Connection, target: Target, records: list[_Pending], result: BatchResult
@@ -210,10 +211,25 @@ class PostgresSink:
             records=[(n, *r.row, r.tenant) for n, r in enumerate(records)],
         )
         steps = [Step(n, r.operation, key_of(r.row), r.row, r.tenant) for n, r in enumerate(records)]
+        checked = [s.ord for s in steps if s.operation is not Operation.DELETE]
+        verdicts = await _insert_all_new(conn, sql, checks, steps, checked)
+        if verdicts is None:
+            verdicts = await self._plan_and_write(conn, sql, checks, steps, checked)
+        key_json = key_json_encoder(target)
+        append = result.outcomes.append
+        for n, record in enumerate(records):
+            v = verdicts[n]
+            append(Outcome(record.job_id, record.index, v.status, key_json(record.row), v.code, v.message))
+
+    @staticmethod
+    async def _plan_and_write(
+        conn: asyncpg.Connection, sql: TargetStatements, checks: RowChecks, steps: list[Step],
+        checked: list[int],
+    ) -> dict[int, Verdict]:
+        """Read the keys' rows, plan every outcome in log order, write one action per key."""
         found = await conn.fetch(sql.existing)
         existing = ExistingRows(present={steps[r["ord"]].key for r in found},
                                 same={r["ord"] for r in found if r["same"]})
-        checked = [s.ord for s in steps if s.operation is not Operation.DELETE]
         verdicts: dict[int, Verdict] = {}
         for last_try in (False, True):
             refused = await checks.refused(conn, checked)
@@ -228,11 +244,7 @@ class PostgresSink:
                 continue
             await writes.commit()
             break
-        key_json = key_json_encoder(target)
-        append = result.outcomes.append
-        for n, record in enumerate(records):
-            v = verdicts[n]
-            append(Outcome(record.job_id, record.index, v.status, key_json(record.row), v.code, v.message))
+        return verdicts
 
     async def _jobs(
         self, conn: asyncpg.Connection, envelopes: Sequence[Envelope],
@@ -273,19 +285,68 @@ class PostgresSink:
     async def _already_written(
         conn: asyncpg.Connection, envelopes: Sequence[Envelope], jobs: Mapping[str, _Job]
     ) -> dict[tuple[str, int], Outcome]:
-        """Every envelope is looked up, not only those below the committed position: the
-        same records can come back at a new offset (the forwarder re-forwarding after a crash)."""
-        job_ids: list[str] = []
-        indexes: list[int] = []
-        for e in envelopes:
-            job_ids.extend([e.job_id] * len(e.items))
-            indexes.extend(item.index for item in e.items)
-        if not job_ids:
+        """Outcomes already in the ledger for the envelopes' records.
+
+        Every envelope is looked up, not only those below the committed position: the same
+        records can come back at a new offset (a producer retry, the forwarder re-forwarding
+        after a crash). An envelope from the web is always written whole (chunks never split
+        an envelope), so its first record answers for all of it: one probe per envelope,
+        and the full lookup only for one found written. The forwarder can regroup records
+        differently after a crash, so its envelopes are looked up record by record.
+        """
+        if not envelopes:
             return {}
         # Outcomes are written on or after the day their job was created (a day of slack
         # for clocks): older day partitions need not be searched.
         since = min(jobs[e.job_id].created_on for e in envelopes) - timedelta(days=1)
-        return await ledger.already_written(conn, job_ids, indexes, since)
+        whole = [e for e in envelopes if e.source_topic is None and e.items]
+        found = await ledger.already_written(
+            conn, [e.job_id for e in whole], [e.items[0].index for e in whole], since)
+        by_record = [e for e in envelopes if e.source_topic is not None
+                     or (e.items and (e.job_id, e.items[0].index) in found)]
+        job_ids: list[str] = []
+        indexes: list[int] = []
+        for e in by_record:
+            job_ids.extend([e.job_id] * len(e.items))
+            indexes.extend(item.index for item in e.items)
+        return {**found, **await ledger.already_written(conn, job_ids, indexes, since)}
+
+
+_INSERTED = Verdict(RecordStatus.SUCCEEDED)
+
+
+async def _insert_all_new(
+    conn: asyncpg.Connection, sql: TargetStatements, checks: RowChecks, steps: list[Step],
+    checked: list[int],
+) -> dict[int, Verdict] | None:
+    """The common case at the cost of one statement: inserts of distinct keys, none there yet.
+
+    Tried under a savepoint with ``ON CONFLICT DO NOTHING``; if every row went in, each
+    succeeded and there was nothing to read or plan. Otherwise (a key exists, a row is
+    refused) nothing of it stays and None sends the records down the general path.
+    """
+    if (len(checked) != len(steps) or any(s.operation is not Operation.INSERT for s in steps)
+            or len({s.key for s in steps}) != len(steps)):
+        return None
+    refused = await checks.refused(conn, checked)
+    ords = [s.ord for s in steps if s.ord not in refused]
+    attempt = conn.transaction()  # a savepoint
+    await attempt.start()
+    try:
+        if len(ords) == len(steps):
+            tag = await conn.execute(sql.insert_new_all)
+        else:
+            tag = await conn.execute(sql.insert_new, ords)
+    except asyncpg.PostgresError as e:
+        if classify(e) is not ErrorKind.ROW:
+            raise
+        await attempt.rollback()
+        return None
+    if int(tag.rsplit(" ", 1)[1]) != len(ords):
+        await attempt.rollback()
+        return None
+    await attempt.commit()
+    return {s.ord: refused.get(s.ord, _INSERTED) for s in steps}
 
 
 class _RulesChanged(SluiceError):
@@ -306,7 +367,7 @@ async def _write_planned(
     verdicts = dict(plan.verdicts)
     writes, deletes = plan.writes, plan.deletes
     while writes or deletes:
-        failures = await _write_isolating(conn, sql, writes, deletes)
+        failures = await _write_isolating(conn, sql, writes, deletes, staged=len(steps))
         if not failures:
             break
         if rules_may_be_stale and any(
@@ -323,7 +384,8 @@ async def _write_planned(
 
 
 async def _write_isolating(
-    conn: asyncpg.Connection, sql: TargetStatements, writes: list[int], deletes: list[int]
+    conn: asyncpg.Connection, sql: TargetStatements, writes: list[int], deletes: list[int],
+    *, staged: int,
 ) -> dict[int, Verdict]:
     """Apply the actions; any the database refuses are isolated and returned with their SQLSTATE.
 
@@ -337,7 +399,10 @@ async def _write_isolating(
                 if ds:
                     await conn.execute(sql.delete, ds)
                 if ws:
-                    await conn.execute(sql.write, ws)
+                    if len(ws) == staged:  # every staged row: no per-row filter
+                        await conn.execute(sql.write_all)
+                    else:
+                        await conn.execute(sql.write, ws)
         except asyncpg.PostgresError as e:
             if classify(e) is not ErrorKind.ROW:
                 raise

@@ -107,11 +107,13 @@ def test_stage_table(sensor: TargetStatements) -> None:
     )
 
 
-def test_existing_compares_non_key_values_and_tenant(sensor: TargetStatements) -> None:
+def test_existing_probes_the_key_index_once_per_staged_row(sensor: TargetStatements) -> None:
+    # LATERAL ... LIMIT 1: never a hash join over the whole target table.
     assert sensor.existing == (
         f'SELECT s."_sluice_ord" AS ord, (t."value", t."_sluice_tenant") IS NOT DISTINCT FROM '
         f'(s."value", s."_sluice_tenant") AS same FROM "{sensor.stage}" s '
-        'JOIN "sensor_readings" t ON t."sensor_id" = s."sensor_id" AND t."sampled_at" = s."sampled_at"'
+        'CROSS JOIN LATERAL (SELECT * FROM "sensor_readings" t '
+        'WHERE t."sensor_id" = s."sensor_id" AND t."sampled_at" = s."sampled_at" LIMIT 1) t'
     )
 
 
@@ -123,13 +125,23 @@ def test_write_replaces_values_and_tenant_by_key(sensor: TargetStatements) -> No
         'ORDER BY "sensor_id", "sampled_at" ON CONFLICT ("sensor_id", "sampled_at") '
         'DO UPDATE SET "value" = EXCLUDED."value", "_sluice_tenant" = EXCLUDED."_sluice_tenant"'
     )
+    assert sensor.write_all == sensor.write.replace(' WHERE "_sluice_ord" = ANY($1::int[])', "")
 
 
-def test_delete_by_staged_keys(sensor: TargetStatements) -> None:
+def test_insert_new_skips_existing_keys(sensor: TargetStatements) -> None:
+    assert sensor.insert_new.endswith(
+        'WHERE "_sluice_ord" = ANY($1::int[]) ORDER BY "sensor_id", "sampled_at" '
+        'ON CONFLICT ("sensor_id", "sampled_at") DO NOTHING')
+    assert sensor.insert_new_all == sensor.insert_new.replace(
+        ' WHERE "_sluice_ord" = ANY($1::int[])', "")
+
+
+def test_delete_by_staged_keys_through_the_key_index(sensor: TargetStatements) -> None:
     assert sensor.delete == (
-        f'DELETE FROM "sensor_readings" t USING "{sensor.stage}" s '
-        'WHERE t."sensor_id" = s."sensor_id" AND t."sampled_at" = s."sampled_at" '
-        'AND s."_sluice_ord" = ANY($1::int[])'
+        'DELETE FROM "sensor_readings" WHERE ctid = ANY(ARRAY(SELECT p.ctid FROM '
+        f'"{sensor.stage}" s CROSS JOIN LATERAL (SELECT t.ctid FROM "sensor_readings" t '
+        'WHERE t."sensor_id" = s."sensor_id" AND t."sampled_at" = s."sampled_at" LIMIT 1) p '
+        'WHERE s."_sluice_ord" = ANY($1::int[])))'
     )
 
 
