@@ -188,10 +188,11 @@ async def fill_gaps(arrivals: list[tuple[int, int]], topic: str, reader: GapRead
         log.warning("records partition %d delivered from %d but continues at %d: reading the gap",
                     partition, stop, start)
         async for records in reader.read(partition, start, stop):
-            await write_partition([
+            sent = await write_partition([
                 await decode_resolving(partition, r.offset, r.timestamp / 1000, r.value, r.headers)
                 for r in records
             ])
+            await asyncio.gather(*sent)  # published before anything after the gap is acked
 
 
 partition_locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
