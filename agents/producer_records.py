@@ -8,7 +8,6 @@ becomes a failed item, reported like any other failed record, never dropped.
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,21 +89,31 @@ class ProducerRecordDecoder:
 def envelopes_for(
     messages: Iterable[ConsumerRecord[bytes, bytes]], decoder: ProducerRecordDecoder
 ) -> list[tuple[int, Envelope]]:
-    """Producer messages as envelopes, one per (source partition, operation, records partition)."""
-    groups: dict[tuple[str, int, str, int], list[Item]] = defaultdict(list)
+    """Producer messages as envelopes, in log order.
+
+    Records of one source partition bound for one records partition are packed in runs
+    of one operation: an operation change starts a new envelope, so that an insert, a
+    delete and an insert of one key reach the sink in that order (grouping by operation
+    would apply both inserts before the delete).
+    """
+    envelopes: list[tuple[int, Envelope]] = []
+    open_runs: dict[tuple[str, int, int], tuple[str, list[Item]]] = {}
     for message in messages:
         operation, partition, item = decoder.decode(
             message.topic, message.offset, message.value or b"", message.headers
         )
-        groups[(message.topic, message.partition, operation, partition)].append(item)
-    return [
-        (partition, Envelope(
-            job_id=f"{topic}:{source_partition}",
-            target=decoder.target_for(topic).name,
-            operation=operation,
-            items=items,
-            source_topic=topic,
-            source_partition=source_partition,
-        ))
-        for (topic, source_partition, operation, partition), items in groups.items()
-    ]
+        stream = (message.topic, message.partition, partition)
+        run = open_runs.get(stream)
+        if run is None or run[0] != operation:
+            run = (operation, [])
+            open_runs[stream] = run
+            envelopes.append((partition, Envelope(
+                job_id=f"{message.topic}:{message.partition}",
+                target=decoder.target_for(message.topic).name,
+                operation=operation,
+                items=run[1],
+                source_topic=message.topic,
+                source_partition=message.partition,
+            )))
+        run[1].append(item)
+    return envelopes

@@ -1,4 +1,4 @@
-"""Pure helpers of the report agent: merging job snapshots and shaping job reports."""
+"""Pure helpers of the progress agent: reading job snapshots and merging them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 
 from agents.batching import JOB_HEADER
-from schemas.vocabulary import TERMINAL_STATES
 
 
 def processed(progress: dict[str, Any]) -> int:
@@ -17,18 +16,11 @@ def processed(progress: dict[str, Any]) -> int:
                + progress.get("duplicates", 0) + progress.get("aborted", 0))
 
 
-def next_progress(
-    current: dict[str, Any], snapshot: dict[str, Any]
-) -> tuple[dict[str, Any], bool]:
-    """Merge a job snapshot into stored progress; True if a report is now due."""
-    reported = bool(current.get("reported"))
+def merge_progress(current: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Merge a job snapshot into stored progress: a smaller snapshot never replaces a larger one."""
     if current and processed(snapshot) < processed(current):
-        return current, False
-    merged = {**snapshot, "reported": reported}
-    due = snapshot.get("state") in TERMINAL_STATES and not reported
-    if due:
-        merged["reported"] = True
-    return merged, due
+        return current
+    return dict(snapshot)
 
 
 def snapshot_of(headers: Iterable[tuple[str, bytes | None]] | None, value: bytes) -> Any:
@@ -37,25 +29,3 @@ def snapshot_of(headers: Iterable[tuple[str, bytes | None]] | None, value: bytes
         if key == JOB_HEADER and header is not None:
             return orjson.loads(header)
     return orjson.loads(value).get("job")
-
-
-def job_report(snapshot: dict[str, Any]) -> bytes:
-    """The job report as published on the job-reports topic."""
-    return orjson.dumps(
-        {k: snapshot.get(k) for k in (
-            "job_id", "target", "operation", "source", "state", "records_received",
-            "succeeded", "failed", "duplicates", "created_at", "accepted_at", "completed_at",
-            "tenant",
-        )}
-    )
-
-
-def audit_fields(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """The audit line of a finished job: who, which tenant, what, and how it ended."""
-    return {
-        "audit": True, "subject": snapshot.get("principal"), "tenant": snapshot.get("tenant"),
-        "target": snapshot.get("target"), "operation": snapshot.get("operation"),
-        "job_id": snapshot.get("job_id"), "state": snapshot.get("state"),
-        "records": snapshot.get("records_received"),
-        "counts": {k: snapshot.get(k) for k in ("succeeded", "failed", "duplicates", "aborted")},
-    }

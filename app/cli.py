@@ -29,6 +29,7 @@ def run_worker(_: argparse.Namespace) -> int:
         apply_records,
         forward_producer_records,
         maintain_results,
+        publish_reports,
         report_jobs,
     )
     from app.faust_app import app

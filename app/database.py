@@ -6,7 +6,7 @@ import logging
 
 import asyncpg
 
-from app.store import ledger
+from app.store import ledger, reports
 from schemas.sql import JOBS_DDL, TENANT, quote, statements_for
 from schemas.targets import Target
 
@@ -41,6 +41,7 @@ async def migrate(pool: asyncpg.Pool, targets: dict[str, Target], *,
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_ID)
             await conn.execute(JOBS_DDL)
+            await conn.execute(reports.DDL)
             await ledger.create(conn)
         await ledger.maintain(conn, results_retention_days)
     await create_targets(pool, targets)

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from app.store import reports
 from schemas.vocabulary import RecordStatus
 
 RESULT_STATUSES = tuple(RecordStatus)
@@ -41,11 +42,13 @@ async def seal_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
 
 async def fail_job(pool: asyncpg.Pool, job_id: str, reason: str) -> None:
     """A submission that could not be completed: none of its records will be applied."""
-    await pool.execute(
-        "UPDATE sluice_jobs SET state = 'failed', reason = $2, completed_at = now(),"
-        " updated_at = now() WHERE job_id = $1 AND state = 'receiving'",
-        job_id, reason,
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE sluice_jobs SET state = 'failed', reason = $2, completed_at = now(),"
+            " updated_at = now() WHERE job_id = $1 AND state = 'receiving'",
+            job_id, reason,
+        )
+        await reports.enqueue_terminal(conn, [job_id])
 
 
 async def abort_job(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:
@@ -54,13 +57,15 @@ async def abort_job(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, A
     Returns the job after the change, or None if it was not running (unknown, another
     tenant's, still receiving, or already terminal).
     """
-    row = await pool.fetchrow(
-        "UPDATE sluice_jobs SET state = 'aborted', reason = 'aborted by the client',"
-        " completed_at = now(), updated_at = now()"
-        " WHERE job_id = $1 AND tenant = $2 AND source = 'http'"
-        " AND state IN ('accepted', 'processing') RETURNING *",
-        job_id, tenant,
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE sluice_jobs SET state = 'aborted', reason = 'aborted by the client',"
+            " completed_at = now(), updated_at = now()"
+            " WHERE job_id = $1 AND tenant = $2 AND source = 'http'"
+            " AND state IN ('accepted', 'processing') RETURNING *",
+            job_id, tenant,
+        )
+        await reports.enqueue_terminal(conn, [job_id])
     return dict(row) if row is not None else None
 
 
@@ -71,7 +76,8 @@ async def fail_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> list[str]:
     nothing progresses (no worker, no database) for that long, every unfinished job is
     failed with a reason instead of hanging.
     """
-    rows = await pool.fetch(
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
         """
         UPDATE sluice_jobs j SET state = 'failed', completed_at = now(), updated_at = now(),
             reason = format('no progress for %s s', $1::float8)
@@ -83,8 +89,10 @@ async def fail_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> list[str]:
         RETURNING j.job_id
         """,
         stall_s,
-    )
-    return [r["job_id"] for r in rows]
+        )
+        failed = [r["job_id"] for r in rows]
+        await reports.enqueue_terminal(conn, failed)
+    return failed
 
 
 async def get_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:

@@ -52,8 +52,10 @@ class TargetStatements:
     """``write`` for every staged row (the common case: no filter to evaluate per row)."""
     delete: str
     """Delete the rows of the keys staged under the given ords."""
+    existing_of: str
+    """``existing`` for the staged rows of the given ords only."""
     insert_new: str
-    """Insert the staged rows of the given ords whose keys have no row; the tag counts them."""
+    """Insert the staged rows of the given ords whose keys have no row; returns their ords."""
     insert_new_all: str
     """``insert_new`` for every staged row."""
 
@@ -77,6 +79,7 @@ def statements_for(target: Target) -> TargetStatements:
     # One index probe per staged row, whatever the planner thinks of an unanalysed temp
     # table: a plain join was planned as a hash join over the whole target table.
     probe = f"CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {key_join} LIMIT 1) t"
+    inserted_join = " AND ".join(f"i.{k} = s.{k}" for k in keys)
     compared = [*non_keys, tenant]
     same = (f"({', '.join(f't.{c}' for c in compared)}) IS NOT DISTINCT FROM "
             f"({', '.join(f's.{c}' for c in compared)})")
@@ -107,13 +110,19 @@ def statements_for(target: Target) -> TargetStatements:
             f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
             f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
         ),
+        existing_of=(
+            f"SELECT s.{ord_} AS ord, {same} AS same FROM {stage} s {probe} "
+            f"WHERE s.{ord_} = ANY($1::int[])"
+        ),
         insert_new=(
-            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
-            f"WHERE {ord_} = ANY($1::int[]) ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING"
+            f"WITH i AS (INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
+            f"WHERE {ord_} = ANY($1::int[]) ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING "
+            f"RETURNING {key_list}) SELECT s.{ord_} AS ord FROM {stage} s JOIN i ON {inserted_join}"
         ),
         insert_new_all=(
-            f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
-            f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING"
+            f"WITH i AS (INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {stage} "
+            f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING "
+            f"RETURNING {key_list}) SELECT s.{ord_} AS ord FROM {stage} s JOIN i ON {inserted_join}"
         ),
         delete=(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT p.ctid FROM {stage} s "

@@ -119,9 +119,12 @@ async def maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
             await conn.execute(f"DROP TABLE IF EXISTS {name}")
         horizon = today - timedelta(days=retention_days)
         await conn.execute(f"DELETE FROM {TABLE}_default WHERE written_on < $1", horizon)
-        # A finished job's outcomes are gone with its days; the job row goes with them.
+        # A finished job's outcomes are gone with its days; the job row and its sent
+        # report go with them.
         await conn.execute(
             "DELETE FROM sluice_jobs WHERE completed_at < $1::date", horizon)
+        await conn.execute(
+            "DELETE FROM sluice_report_outbox WHERE sent_at < $1::date", horizon)
     if dropped:
         log.info("outcomes past retention dropped", extra={"partitions": dropped})
     return dropped

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from app.errors import SluiceError
-from app.store import ledger
+from app.store import ledger, reports
 from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
 from app.store.ledger import Outcome
 from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
@@ -30,8 +30,15 @@ from schemas.envelope import Envelope
 from schemas.identity import key_json_encoder
 from schemas.sql import TargetStatements, statements_for
 from schemas.targets import Target
-from schemas.vocabulary import HALTED_STATES, JobState, Operation, RecordStatus
-from schemas.write_plan import ExistingRows, Step, Verdict, plan_writes
+from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, JobState, Operation, RecordStatus
+from schemas.write_plan import (
+    UNIQUE_VIOLATION,
+    UNIQUE_VIOLATION_MESSAGE,
+    ExistingRows,
+    Step,
+    Verdict,
+    plan_writes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +162,8 @@ class PostgresSink:
                 await self._apply(conn, self._targets[target_name], pending[target_name], result)
             await ledger.record(conn, result.outcomes)
             result.jobs = await _update_jobs(conn, live, result.outcomes, undeliverable, jobs)
+            await reports.enqueue_terminal(conn, [job_id for job_id, job in jobs.items()
+                                                  if job.state in TERMINAL_STATES or job_id in result.jobs])
             await _record_undeliverable(conn, self._topic, undeliverable)
             await conn.execute(
                 _ADVANCE_POSITIONS, self._group, self._topic,
@@ -313,17 +322,20 @@ class PostgresSink:
 
 
 _INSERTED = Verdict(RecordStatus.SUCCEEDED)
+_DUPLICATE = Verdict(RecordStatus.DUPLICATE)
+_KEY_EXISTS = Verdict(RecordStatus.FAILED, UNIQUE_VIOLATION, UNIQUE_VIOLATION_MESSAGE)
 
 
 async def _insert_all_new(
     conn: asyncpg.Connection, sql: TargetStatements, checks: RowChecks, steps: list[Step],
     checked: list[int],
 ) -> dict[int, Verdict] | None:
-    """The common case at the cost of one statement: inserts of distinct keys, none there yet.
+    """Inserts of distinct keys (the common case): one statement, no plan.
 
-    Tried under a savepoint with ``ON CONFLICT DO NOTHING``; if every row went in, each
-    succeeded and there was nothing to read or plan. Otherwise (a key exists, a row is
-    refused) nothing of it stays and None sends the records down the general path.
+    ``ON CONFLICT DO NOTHING`` under a savepoint: the rows that went in succeeded; for the
+    keys that were already there, one probe says whether each record equals its row (a
+    duplicate) or not (23505). If the table refuses a row, nothing of it stays and None
+    sends the records down the general path, which isolates the refused rows.
     """
     if (len(checked) != len(steps) or any(s.operation is not Operation.INSERT for s in steps)
             or len({s.key for s in steps}) != len(steps)):
@@ -334,19 +346,22 @@ async def _insert_all_new(
     await attempt.start()
     try:
         if len(ords) == len(steps):
-            tag = await conn.execute(sql.insert_new_all)
+            inserted = await conn.fetch(sql.insert_new_all)
         else:
-            tag = await conn.execute(sql.insert_new, ords)
+            inserted = await conn.fetch(sql.insert_new, ords)
     except asyncpg.PostgresError as e:
         if classify(e) is not ErrorKind.ROW:
             raise
         await attempt.rollback()
         return None
-    if int(tag.rsplit(" ", 1)[1]) != len(ords):
-        await attempt.rollback()
-        return None
     await attempt.commit()
-    return {s.ord: refused.get(s.ord, _INSERTED) for s in steps}
+    verdicts = dict.fromkeys((r["ord"] for r in inserted), _INSERTED)
+    verdicts.update(refused)
+    if len(verdicts) < len(steps):  # keys already there: same values, or another row
+        conflicts = [s.ord for s in steps if s.ord not in verdicts]
+        same = {r["ord"] for r in await conn.fetch(sql.existing_of, conflicts) if r["same"]}
+        verdicts.update({o: _DUPLICATE if o in same else _KEY_EXISTS for o in conflicts})
+    return verdicts
 
 
 class _RulesChanged(SluiceError):

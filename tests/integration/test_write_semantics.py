@@ -297,3 +297,32 @@ async def test_input_topic_applies_one_key_in_log_order(stack: Stack, db: asyncp
         "SELECT r.status FROM sluice_record_results r JOIN sluice_jobs j USING (job_id)"
         " WHERE j.source = 'kafka' AND r.key::jsonb ->> 'sensor_id' = $1 ORDER BY r.idx", sensor)
     assert [r["status"] for r in statuses_by_offset] == ["succeeded"] * 5
+
+
+async def test_input_topic_duplicates_inserts_and_bad_keys(stack: Stack, db: asyncpg.Pool) -> None:
+    twice, idi, big = tag_for("ktwice"), tag_for("kidi"), tag_for("kbig")
+    huge = big + os.urandom(1500).hex()
+
+    def insert(record: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+        return orjson.dumps(record), [("sluice-operation", b"insert")]
+
+    await asyncio.to_thread(produce, stack, [
+        insert(reading(twice, 0, 3.0)), insert(reading(twice, 0, 3.0)),  # succeeded, duplicate
+        insert(reading(idi, 0, 5.0)),
+        (orjson.dumps({"sensor_id": idi, "sampled_at": BASE_MS}), [("sluice-operation", b"delete")]),
+        insert(reading(idi, 0, 5.0)),  # insert, delete, insert: the row is back
+        insert(reading(huge, 0)), insert(reading(big, 0)),  # 54000 alone, the next one goes in
+    ])
+    assert await _wait_rows(db, big, lambda v: v == [0.0]) == [0.0]
+    assert await values_of(db, twice) == [3.0]
+    assert await values_of(db, idi) == [5.0]
+
+    async def outcomes(sensor: str) -> list[tuple[str, str | None]]:
+        rows = await db.fetch(
+            "SELECT r.status, r.code FROM sluice_record_results r JOIN sluice_jobs j USING (job_id)"
+            " WHERE j.source = 'kafka' AND r.key::jsonb ->> 'sensor_id' = $1 ORDER BY r.idx", sensor)
+        return [(r["status"], r["code"]) for r in rows]
+
+    assert await outcomes(twice) == [("succeeded", None), ("duplicate", None)]
+    assert await outcomes(idi) == [("succeeded", None)] * 3
+    assert await outcomes(huge) == [("failed", "54000")]

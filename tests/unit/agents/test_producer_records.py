@@ -1,4 +1,4 @@
-"""Producer messages become envelopes: grouped by source partition, operation and key partition."""
+"""Producer messages become envelopes: by source partition and key partition, in runs of one operation."""
 
 from __future__ import annotations
 
@@ -43,3 +43,15 @@ def test_messages_group_into_envelopes_indexed_by_source_offset() -> None:
     assert upsert.row is not None
     broken = items[(f"{TOPIC}:1", "insert", 8)][1]
     assert (broken.row, broken.error_code) == (None, "malformed_record")
+
+
+def test_an_operation_change_starts_a_new_envelope_so_log_order_holds() -> None:
+    decoder = ProducerRecordDecoder(load_targets(BUILTIN_TARGETS_DIR), TOPICS, 4)
+    key = {"sensor_id": "s-1", "sampled_at": 1_700_000_000_001}
+    insert, delete = (("sluice-operation", b"insert"),), (("sluice-operation", b"delete"),)
+    messages = [_message(0, 10, _reading(1), insert), _message(0, 11, key, delete),
+                _message(0, 12, _reading(1), insert), _message(0, 13, _reading(1), insert)]
+    envelopes = envelopes_for(messages, decoder)
+    assert [(e.operation, [i.index for i in e.items]) for _, e in envelopes] == [
+        ("insert", [10]), ("delete", [11]), ("insert", [12, 13])]
+    assert len({p for p, _ in envelopes}) == 1  # one key, one records partition

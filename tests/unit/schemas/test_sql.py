@@ -128,12 +128,21 @@ def test_write_replaces_values_and_tenant_by_key(sensor: TargetStatements) -> No
     assert sensor.write_all == sensor.write.replace(' WHERE "_sluice_ord" = ANY($1::int[])', "")
 
 
-def test_insert_new_skips_existing_keys(sensor: TargetStatements) -> None:
-    assert sensor.insert_new.endswith(
-        'WHERE "_sluice_ord" = ANY($1::int[]) ORDER BY "sensor_id", "sampled_at" '
-        'ON CONFLICT ("sensor_id", "sampled_at") DO NOTHING')
+def test_insert_new_skips_existing_keys_and_returns_the_inserted_ords(
+    sensor: TargetStatements,
+) -> None:
+    stage = sensor.stage
+    assert sensor.insert_new == (
+        'WITH i AS (INSERT INTO "sensor_readings" ("sensor_id", "value", "sampled_at", '
+        '"_sluice_tenant") SELECT "sensor_id", "value", "sampled_at", "_sluice_tenant" '
+        f'FROM "{stage}" WHERE "_sluice_ord" = ANY($1::int[]) ORDER BY "sensor_id", "sampled_at" '
+        'ON CONFLICT ("sensor_id", "sampled_at") DO NOTHING RETURNING "sensor_id", "sampled_at") '
+        f'SELECT s."_sluice_ord" AS ord FROM "{stage}" s JOIN i '
+        'ON i."sensor_id" = s."sensor_id" AND i."sampled_at" = s."sampled_at"'
+    )
     assert sensor.insert_new_all == sensor.insert_new.replace(
         ' WHERE "_sluice_ord" = ANY($1::int[])', "")
+    assert sensor.existing_of == sensor.existing + ' WHERE s."_sluice_ord" = ANY($1::int[])'
 
 
 def test_delete_by_staged_keys_through_the_key_index(sensor: TargetStatements) -> None:
