@@ -56,7 +56,7 @@ class WorkerResources(faust.Service):
         settings = get_settings()
         _, dsn, _ = settings.require_services()
         # One connection per partition written concurrently, plus position reads and gap fills.
-        self._pool = await create_pool(dsn, max_size=settings.partitions + 2)
+        self._pool = await create_pool(dsn, max_size=settings.partitions + 2, custom_plans=True)
         await migrate(self._pool, self.targets, results_retention_days=settings.results_retention)
         self._sink = PostgresSink(
             self._pool, self.targets,

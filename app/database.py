@@ -23,10 +23,19 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     tables are meant to outlive a checkout. An open transaction is still rolled back."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """Open a pool; jit off because the sink's statements are short and jit only costs."""
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
+                      custom_plans: bool = False) -> asyncpg.Pool:
+    """Open a pool; jit off because the sink's statements are short and jit only costs.
+
+    ``custom_plans`` plans each execution with its parameters (the sink's): a generic plan
+    tests ``ord = ANY($1)`` against a 1,000-element array element by element for each of
+    1,000 staged rows, a custom plan hashes the array (PostgreSQL 14+), 4x faster here.
+    """
+    settings = {"jit": "off"}
+    if custom_plans:
+        settings["plan_cache_mode"] = "force_custom_plan"
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, server_settings={"jit": "off"},
+        dsn, min_size=min_size, max_size=max_size, server_settings=settings,
         reset=_keep_session,
     )
     assert pool is not None
