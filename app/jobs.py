@@ -16,16 +16,32 @@ RESULT_STATUSES = tuple(RecordStatus)
 async def create_receiving_job(
     pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int,
     *, tenant: str | None = None, principal: str | None = None,
+    idempotency_key: str | None = None, request_fingerprint: str | None = None,
 ) -> None:
     """Record a job whose envelopes are about to be produced; the worker holds them until sealed.
 
     ``tenant`` owns the job: only that tenant sees it over HTTP. ``principal`` is who submitted it.
+    ``idempotency_key`` (hashed) and ``request_fingerprint`` let a retry find the job.
     """
     await pool.execute(
         "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received,"
-        " tenant, principal) VALUES ($1, $2, $3, 'http', 'receiving', $4, $5, $6)",
-        job_id, target, operation, records, tenant, principal,
+        " tenant, principal, idempotency_key, request_fingerprint)"
+        " VALUES ($1, $2, $3, 'http', 'receiving', $4, $5, $6, $7, $8)",
+        job_id, target, operation, records, tenant, principal, idempotency_key, request_fingerprint,
     )
+
+
+async def find_sealed_job(pool: asyncpg.Pool, tenant: str, idempotency_key: str) -> dict[str, Any] | None:
+    """The latest job of this tenant sealed under this (hashed) idempotency key, if any.
+
+    Sealed means its records were all in Kafka and it was (or was about to be) answered 202.
+    """
+    row = await pool.fetchrow(
+        "SELECT * FROM sluice_jobs WHERE tenant = $1 AND idempotency_key = $2"
+        " AND accepted_at IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+        tenant, idempotency_key,
+    )
+    return dict(row) if row is not None else None
 
 
 async def seal_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:

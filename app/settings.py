@@ -13,6 +13,7 @@ from schemas.targets import BUILTIN_TARGETS_DIR
 
 ENV_PREFIX = "SLUICE_"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+IDEMPOTENCY_LEASE_GRACE_S = 15
 
 
 def env_var(field_name: str) -> str:
@@ -120,6 +121,12 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+
+    @property
+    def idempotency_lease_s(self) -> int:
+        """How long an in-flight Idempotency-Key claim lives: a submission's deadline plus
+        time to seal and answer. After a crash, a retry waits at most this long."""
+        return int(self.submission_timeout_s) + IDEMPOTENCY_LEASE_GRACE_S
 
     @property
     def tls_enabled(self) -> bool:

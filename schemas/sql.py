@@ -155,6 +155,12 @@ ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS progressed_at timestamptz;
 -- Tenant isolation: the submitter's tenant owns the job (NULL for Kafka producer jobs).
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS tenant text;
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS principal text;
+-- The submission's Idempotency-Key (hashed, tenant-scoped) and request fingerprint: a
+-- retry after the web process died between sealing and answering finds its job here.
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS idempotency_key text;
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS request_fingerprint text;
+CREATE INDEX IF NOT EXISTS sluice_jobs_idempotency_key
+    ON sluice_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
     consumer_group text NOT NULL,
     topic          text NOT NULL,

@@ -56,7 +56,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[pool_key] = pool
     app[redis_key] = client
     app[producer_key] = producer
-    app[idempotency_key] = IdempotencyStore(client, settings.idempotency_ttl_s)
+    app[idempotency_key] = IdempotencyStore(client, settings.idempotency_ttl_s,
+                                              settings.idempotency_lease_s)
     app[guard_key].limiter = RateLimiter(client)
 
     async def read_backlog() -> Backlog:

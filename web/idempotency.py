@@ -1,4 +1,10 @@
-"""Idempotency keys in Redis: one submission per key for 24 h, replayed on repeat."""
+"""Idempotency keys in Redis: one submission per key for 24 h, replayed on repeat.
+
+The in-flight claim is a lease of about the submission timeout, not the 24 h of a
+stored answer: a web process that dies between sealing a job and answering leaves a
+claim that expires soon, and the retry then finds the sealed job in PostgreSQL (the job
+row carries the hashed key) and replays its 202.
+"""
 
 from __future__ import annotations
 
@@ -34,20 +40,30 @@ class StoredResponse:
 class IdempotencyStore:
     """Claims, completes and releases idempotency keys atomically (SET NX)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, lease_s: int) -> None:
         self._redis = client
         self._ttl = ttl_s
+        self._lease = lease_s
 
     @staticmethod
-    def _redis_key(key: str) -> str:
-        return KEY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+    def key_hash(key: str) -> str:
+        """The key as stored (in Redis and on the job row): any string is safe, none is kept."""
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def _redis_key(cls, key: str) -> str:
+        return KEY_PREFIX + cls.key_hash(key)
+
+    async def lease_remaining_s(self, key: str) -> int:
+        """Seconds until an in-flight claim lapses (at least 1)."""
+        return max(1, int(await self._redis.ttl(self._redis_key(key))))
 
     async def claim(self, key: str) -> StoredResponse | str | None:
         """Claim a key. None: claimed, go ahead. IN_FLIGHT: another request holds it.
         A StoredResponse: the key already completed."""
         redis_key = self._redis_key(key)
         claimed = await self._redis.set(
-            redis_key, orjson.dumps({"state": IN_FLIGHT}), nx=True, ex=self._ttl
+            redis_key, orjson.dumps({"state": IN_FLIGHT}), nx=True, ex=self._lease
         )
         if claimed:
             return None

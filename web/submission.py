@@ -181,6 +181,7 @@ async def submit(
     query_target: str | None, query_operation: str | None, *, timeout_s: float,
     tenant: str | None = None, principal: str | None = None,
     admit: Callable[[str, str, int], Awaitable[None]] | None = None,
+    idempotency_key: str | None = None, fingerprint: Fingerprint | None = None,
 ) -> Accepted:
     """Run one submission to the point where it is safe to answer 202.
 
@@ -204,8 +205,11 @@ async def submit(
                           "nothing was accepted", slug="submission-timeout") from e
         if admit is not None:  # authorise (target, operation, count) before anything is produced
             await admit(target.name, operation, count)
-        await jobs.create_receiving_job(ctx.pool, job_id, target.name, operation, count,
-                                        tenant=tenant, principal=principal)
+        await jobs.create_receiving_job(
+            ctx.pool, job_id, target.name, operation, count, tenant=tenant, principal=principal,
+            idempotency_key=idempotency_key,
+            # The body has been read whole by now: the fingerprint is final.
+            request_fingerprint=fingerprint.hexdigest() if fingerprint is not None else None)
         try:
             async with asyncio.timeout_at(deadline):
                 with metrics.timed_stage("produce", count):

@@ -82,6 +82,32 @@ async def _claim(store: IdempotencyStore, key: str) -> StoredResponse | str | No
                       slug="idempotency-unavailable", headers={"Retry-After": "5"}) from e
 
 
+async def _lease_remaining(store: IdempotencyStore, key: str) -> int:
+    try:
+        return await store.lease_remaining_s(key)
+    except _REDIS_DOWN:
+        return 1
+
+
+async def _sealed_answer(
+    request: web.Request, store: IdempotencyStore, key: str, tenant: str
+) -> StoredResponse | None:
+    """The 202 of a job already sealed under this key, stored again for later replays."""
+    job = await jobs.find_sealed_job(request.app[pool_key], tenant, IdempotencyStore.key_hash(key))
+    if job is None:
+        return None
+    links = _job_links(request, job["job_id"])
+    body = {"job_id": job["job_id"], "state": JobState.ACCEPTED, "target": job["target"],
+            "operation": job["operation"], "records_received": job["records_received"],
+            "links": links}
+    answer = StoredResponse(job["request_fingerprint"] or "", 202, body, links["self"])
+    try:
+        await store.complete(key, answer)
+    except _REDIS_DOWN:
+        log.warning("could not store an idempotent response", extra={"job_id": job["job_id"]})
+    return answer
+
+
 async def _release(store: IdempotencyStore, key: str) -> None:
     """Free the key of a failed request; if Redis is down it expires by itself."""
     try:
@@ -111,9 +137,14 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
     if key is not None:
         existing = await _claim(store, key)
         if existing == IN_FLIGHT:
+            retry_after = await _lease_remaining(store, key)
             raise Problem(409, "Request in progress",
                           "a request with this idempotency key is still being processed",
-                          slug="idempotency-in-flight", headers={"Retry-After": "1"})
+                          slug="idempotency-in-flight", headers={"Retry-After": str(retry_after)})
+        if existing is None:
+            # A fresh claim. A job sealed under this key whose answer was never stored (its
+            # web process died between sealing and answering) is replayed, not run again.
+            existing = await _sealed_answer(request, store, key, principal.tenant)
         if isinstance(existing, StoredResponse):
             await _drain_fingerprint(request, fingerprint, settings.max_body_bytes)
             if fingerprint.hexdigest() != existing.fingerprint:
@@ -140,6 +171,8 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                 request.app[submission_key], reader, query_target, query_operation,
                 timeout_s=settings.submission_timeout_s,
                 tenant=principal.tenant, principal=principal.subject, admit=admit,
+                idempotency_key=IdempotencyStore.key_hash(key) if key is not None else None,
+                fingerprint=fingerprint if key is not None else None,
             )
     except BaseException:
         if key is not None:

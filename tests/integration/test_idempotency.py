@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import aiohttp
@@ -54,11 +55,12 @@ async def test_key_in_flight_is_409(http: aiohttp.ClientSession, stack: Stack) -
     client = redis.from_url(stack.redis_url)
     try:
         # Another request of the same tenant holds the key (claimed the way the web process claims it).
-        assert await IdempotencyStore(client, 60).claim(tenant_scoped("dev", key)) is None
+        assert await IdempotencyStore(client, 86_400, 45).claim(tenant_scoped("dev", key)) is None
         async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-c"),
                              headers={**NDJSON, "Idempotency-Key": key}) as r:
             assert r.status == 409
-            assert r.headers["Retry-After"] == "1"
+            # The claim is a lease: the client is told when it lapses, not to come back in a day.
+            assert 1 <= int(r.headers["Retry-After"]) <= 45
     finally:
         await client.aclose()
 
@@ -71,3 +73,38 @@ async def test_failed_request_releases_its_key(http: aiohttp.ClientSession) -> N
     async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-d"),
                          headers={**NDJSON, "Idempotency-Key": key}) as r:
         assert r.status == 202
+
+
+async def test_a_lapsed_claim_of_a_sealed_job_replays_its_202(
+    http: aiohttp.ClientSession, stack: Stack
+) -> None:
+    # A web process that died between sealing the job and answering 202 leaves the key
+    # in flight and no stored answer: recreate that state after a real submission.
+    key = str(uuid.uuid4())
+    payload = body(f"idem-lease-{key[:8]}")
+    async with http.post("/v1/bulk-operations", params=PARAMS, data=payload,
+                         headers={**NDJSON, "Idempotency-Key": key}) as r:
+        assert r.status == 202
+        first = await r.json()
+    client = redis.from_url(stack.redis_url)
+    try:
+        stored = "sluice:idem:" + IdempotencyStore.key_hash(tenant_scoped("dev", key))
+        await client.set(stored, orjson.dumps({"state": "in_flight"}), ex=2)
+        async with http.post("/v1/bulk-operations", params=PARAMS, data=payload,
+                             headers={**NDJSON, "Idempotency-Key": key}) as r:
+            assert r.status == 409 and int(r.headers["Retry-After"]) <= 2
+        await asyncio.sleep(2.5)  # the lease lapses
+        async with http.post("/v1/bulk-operations", params=PARAMS, data=payload,
+                             headers={**NDJSON, "Idempotency-Key": key}) as r:
+            assert r.status == 202, await r.text()
+            assert r.headers["Idempotent-Replayed"] == "true"
+            assert (await r.json())["job_id"] == first["job_id"]
+        # The same key with another payload is still a reuse, not a new job.
+        await client.delete(stored)
+        async with http.post("/v1/bulk-operations", params=PARAMS, data=body("idem-other"),
+                             headers={**NDJSON, "Idempotency-Key": key}) as r:
+            assert r.status == 422
+    finally:
+        await client.aclose()
+    async with http.get(f"/v1/bulk-operations/{first['job_id']}") as r:
+        assert (await r.json())["counts"]["received"] == 3  # submitted once
