@@ -85,30 +85,27 @@ async def abort_job(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, A
     return dict(row) if row is not None else None
 
 
-async def fail_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> list[str]:
-    """Fail unfinished jobs when the whole pipeline has made no progress for ``stall_s``.
+async def flag_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> tuple[list[str], int]:
+    """Mark unfinished jobs that made no progress for ``stall_s``; returns (newly marked, all marked).
 
-    A job queued behind a long backlog is not stalled while other jobs progress; when
-    nothing progresses (no worker, no database) for that long, every unfinished job is
-    failed with a reason instead of hanging.
+    Nothing accepted is thrown away: a stalled job keeps its state and its records, its
+    ``reason`` says why it waits, and its next progress clears the mark (an outage of the
+    database or of every worker only delays it). Each job is judged on its own progress.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
+    rows = await pool.fetch(
         """
-        UPDATE sluice_jobs j SET state = 'failed', completed_at = now(), updated_at = now(),
+        UPDATE sluice_jobs SET stalled_since = now(), updated_at = now(),
             reason = format('no progress for %s s', $1::float8)
-        WHERE j.source = 'http' AND j.state IN ('accepted', 'processing')
-          AND coalesce(j.progressed_at, j.accepted_at) < now() - make_interval(secs => $1)
-          AND NOT EXISTS (
-              SELECT 1 FROM sluice_jobs p
-              WHERE p.progressed_at >= now() - make_interval(secs => $1))
-        RETURNING j.job_id
+        WHERE source = 'http' AND state IN ('accepted', 'processing') AND stalled_since IS NULL
+          AND coalesce(progressed_at, accepted_at) < now() - make_interval(secs => $1)
+        RETURNING job_id
         """,
         stall_s,
-        )
-        failed = [r["job_id"] for r in rows]
-        await reports.enqueue_terminal(conn, failed)
-    return failed
+    )
+    marked = await pool.fetchval(
+        "SELECT count(*) FROM sluice_jobs WHERE stalled_since IS NOT NULL"
+        " AND state IN ('accepted', 'processing')")
+    return [r["job_id"] for r in rows], int(marked)
 
 
 async def get_job(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:

@@ -44,6 +44,10 @@ write_retries = Counter(
 queue_depth = Gauge(
     "sluice_queue_depth_records", "Records accepted but without an outcome yet."
 )
+stalled_jobs = Gauge(
+    "sluice_stalled_jobs",
+    "Unfinished jobs without progress for SLUICE_JOB_STALL_TIMEOUT_S (alert on > 0).",
+)
 oldest_pending_age = Gauge(
     "sluice_oldest_pending_job_seconds", "Age of the oldest accepted job not yet finished."
 )

@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(200, ge=1)
     # Backpressure: refuse new submissions while this much is queued behind the ingress.
     max_queue_records: int = Field(5_000_000, ge=1)
-    max_queue_age_s: float = Field(300.0, gt=0)
-    # A job with no progress anywhere in the pipeline for this long is failed, not left hanging.
+    # A job with no progress for this long is marked stalled (reason, gauge, error log);
+    # it is never failed for it: its records were accepted.
     job_stall_timeout_s: float = Field(300.0, gt=0)
 
     # --- topics ---

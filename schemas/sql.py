@@ -158,6 +158,9 @@ ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS principal text;
 -- The submission's Idempotency-Key (hashed, tenant-scoped) and request fingerprint: a
 -- retry after the web process died between sealing and answering finds its job here.
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS idempotency_key text;
+-- Set while a job makes no progress for SLUICE_JOB_STALL_TIMEOUT_S (reason says so), cleared
+-- by its next progress: a stalled job is shown and counted, never failed for it.
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS stalled_since timestamptz;
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS request_fingerprint text;
 CREATE INDEX IF NOT EXISTS sluice_jobs_idempotency_key
     ON sluice_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;

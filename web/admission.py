@@ -24,15 +24,14 @@ class Backlog:
     """Age of the oldest accepted job that has not finished."""
 
 
-def backpressure_problem(
-    backlog: Backlog, max_records: int, max_age_s: float, retry_after_s: int
-) -> Problem | None:
-    """The 503 to answer when the backlog is past a threshold, else None."""
+def backpressure_problem(backlog: Backlog, max_records: int, retry_after_s: int) -> Problem | None:
+    """The 503 to answer when too many records wait to be written, else None.
+
+    Only the depth counts: one old job (stuck, or simply large) says nothing about
+    whether the pipeline can take more, and must not turn every client away.
+    """
     if backlog.records > max_records:
         reason = f"{backlog.records} records are waiting to be written (limit {max_records})"
-    elif backlog.oldest_age_s > max_age_s:
-        reason = (f"the oldest unfinished job has waited {backlog.oldest_age_s:.0f} s "
-                  f"(limit {max_age_s:.0f} s)")
     else:
         return None
     return Problem(503, "Backpressure", f"not accepting new work: {reason}",
@@ -47,14 +46,12 @@ class Admission:
         *,
         max_streams: int,
         max_queue_records: int,
-        max_queue_age_s: float,
         read_backlog: Callable[[], Awaitable[Backlog]],
         refresh_s: float = 1.0,
     ) -> None:
         self.max_streams = max_streams
         self.active = 0
         self._max_records = max_queue_records
-        self._max_age_s = max_queue_age_s
         self._read_backlog = read_backlog
         self._refresh_s = refresh_s
         self._backlog: Backlog | None = None
@@ -78,7 +75,7 @@ class Admission:
         self.active += 1
         try:
             problem = backpressure_problem(
-                await self.backlog(), self._max_records, self._max_age_s, retry_after_s=5
+                await self.backlog(), self._max_records, retry_after_s=5
             )
             if problem is not None:
                 raise problem

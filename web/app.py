@@ -11,7 +11,7 @@ import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
-from app import jobs
+from app import jobs, metrics
 from app.database import create_pool, migrate
 from app.kafka import all_topics, create_producer, ensure_topics
 from app.settings import Settings
@@ -67,7 +67,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[admission_key] = Admission(
         max_streams=settings.max_concurrent_uploads,
         max_queue_records=settings.max_queue_records,
-        max_queue_age_s=settings.max_queue_age_s,
         read_backlog=read_backlog,
     )
     app[submission_key] = SubmissionContext(
@@ -89,17 +88,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> None:
-    """Every job reaches a terminal state: the web process, not only workers, enforces it,
-    so a job is failed even when no worker is left alive."""
+    """Make a job without progress visible (its reason, a gauge, an error line to alert on),
+    from the web process too, so that it shows even when no worker is left alive. A
+    stalled job is never failed: its records were accepted and will still be applied."""
     while True:
         await asyncio.sleep(min(30.0, stall_s / 4))
         try:
-            failed = await jobs.fail_stalled_jobs(pool, stall_s)
+            newly, marked = await jobs.flag_stalled_jobs(pool, stall_s)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("stalled-job sweep skipped: %s", type(e).__name__)
             continue
-        for job_id in failed:
-            log.warning("job failed: no progress", extra={"job_id": job_id})
+        metrics.stalled_jobs.set(marked)
+        for job_id in newly:
+            log.error("job stalled: no progress", extra={"job_id": job_id, "alert": "job_stalled",
+                                                         "stall_s": stall_s})
 
 
 def create_web_app(settings: Settings) -> web.Application:

@@ -208,6 +208,7 @@ def _job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
             "aborted": job["aborted"],
         },
         "reason": job["reason"],
+        "stalled_since": job.get("stalled_since"),
         "created_at": job["created_at"],
         "accepted_at": job["accepted_at"],
         "updated_at": job["updated_at"],

@@ -496,6 +496,8 @@ UPDATE sluice_jobs SET
         WHEN NOT $5 AND succeeded + failed + duplicates + $2 + $3 + $4 >= records_received
         THEN now() END,
     progressed_at = now(),
+    stalled_since = NULL,
+    reason = CASE WHEN state IN ('failed', 'aborted') THEN reason END,
     updated_at = now()
 WHERE job_id = $1
 RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
