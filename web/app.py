@@ -11,10 +11,11 @@ import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
-from app import jobs, metrics
+from app import metrics
 from app.database import create_pool, migrate
 from app.kafka import all_topics, create_producer, ensure_topics
 from app.settings import Settings
+from app.store import jobs
 from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
@@ -94,7 +95,7 @@ async def _sweep_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> None:
     while True:
         await asyncio.sleep(min(30.0, stall_s / 4))
         try:
-            newly, marked = await jobs.flag_stalled_jobs(pool, stall_s)
+            newly, marked = await jobs.flag_stalled(pool, stall_s)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("stalled-job sweep skipped: %s", type(e).__name__)
             continue

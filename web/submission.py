@@ -22,7 +22,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from app import jobs, metrics
+from app import metrics
+from app.store import jobs
 from schemas.envelope import (
     JOB_HEADER,
     MAX_ENVELOPE_BYTES,
@@ -205,7 +206,7 @@ async def submit(
                           "nothing was accepted", slug="submission-timeout") from e
         if admit is not None:  # authorise (target, operation, count) before anything is produced
             await admit(target.name, operation, count)
-        await jobs.create_receiving_job(
+        await jobs.create_receiving(
             ctx.pool, job_id, target.name, operation, count, tenant=tenant, principal=principal,
             idempotency_key=idempotency_key,
             # The body has been read whole by now: the fingerprint is final.
@@ -215,13 +216,14 @@ async def submit(
                 with metrics.timed_stage("produce", count):
                     await produce_spool(ctx, spool, job_id)
         except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
-            await asyncio.shield(jobs.fail_job(ctx.pool, job_id, "broker unavailable during submission"))
+            await asyncio.shield(
+                jobs.fail_submission_now(ctx.pool, job_id, "broker unavailable during submission"))
             if isinstance(e, asyncio.CancelledError):
                 raise
             raise Problem(503, "Broker unavailable",
                           "records could not be written to Kafka; nothing was accepted",
                           slug="broker-unavailable", headers={"Retry-After": "5"}) from e
-        await jobs.seal_job(ctx.pool, job_id)
+        await jobs.seal(ctx.pool, job_id)
     finally:
         spool.close()
     metrics.records_received.labels(target.name, "http").inc(count)

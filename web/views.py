@@ -12,7 +12,8 @@ import redis.asyncio as redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import jobs, metrics
+from app import metrics
+from app.store import jobs
 from schemas.vocabulary import JobState
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
@@ -93,7 +94,7 @@ async def _sealed_answer(
     request: web.Request, store: IdempotencyStore, key: str, tenant: str
 ) -> StoredResponse | None:
     """The 202 of a job already sealed under this key, stored again for later replays."""
-    job = await jobs.find_sealed_job(request.app[pool_key], tenant, IdempotencyStore.key_hash(key))
+    job = await jobs.find_sealed(request.app[pool_key], tenant, IdempotencyStore.key_hash(key))
     if job is None:
         return None
     links = _job_links(request, job["job_id"])
@@ -220,7 +221,7 @@ def _job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
 async def _existing_job(request: web.Request, tenant: str) -> dict[str, Any]:
     """The tenant's job; another tenant's job is as unknown as an id never issued."""
     job_id = request.match_info["job_id"]
-    job = await jobs.get_tenant_job(request.app[pool_key], job_id, tenant)
+    job = await jobs.get_for_tenant(request.app[pool_key], job_id, tenant)
     if job is None or job["state"] == "receiving":
         raise Problem(404, "Job not found", f"no job {job_id!r}", slug="job-not-found")
     return job
@@ -237,7 +238,7 @@ async def abort_bulk_operation(request: web.Request) -> web.Response:
     principal = require_scope(request, SCOPE_WRITE)
     job = await _existing_job(request, principal.tenant)
     check_target(request, principal, job["target"], job["operation"])
-    aborted = await jobs.abort_job(request.app[pool_key], job["job_id"], principal.tenant)
+    aborted = await jobs.abort(request.app[pool_key], job["job_id"], principal.tenant)
     audit("bulk operation aborted" if aborted else "bulk operation abort refused", principal,
           target=job["target"], operation=job["operation"], job_id=job["job_id"],
           records=job["records_received"])

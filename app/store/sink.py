@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from app.errors import SluiceError
+from app.store import jobs as job_store
 from app.store import ledger, reports
 from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
 from app.store.ledger import Outcome
@@ -263,16 +264,9 @@ class PostgresSink:
         before it was recorded: its records are ignored)."""
         stream_jobs = {e.job_id: e for e in envelopes if e.source_topic is not None}
         for job_id, e in sorted(stream_jobs.items()):
-            await conn.execute(
-                "INSERT INTO sluice_jobs (job_id, target, operation, source, state, accepted_at)"
-                " VALUES ($1, $2, $3, 'kafka', $4, now()) ON CONFLICT DO NOTHING",
-                job_id, e.target, e.operation, JobState.PROCESSING,
-            )
+            await job_store.open_stream(conn, job_id, e.target, e.operation)
         wanted = {e.job_id for e in envelopes} | {u.job_id for u in undeliverable if u.job_id}
-        rows = await conn.fetch(
-            "SELECT job_id, state, tenant, created_at FROM sluice_jobs WHERE job_id = ANY($1::text[])",
-            list(wanted),
-        )
+        rows = await job_store.states_of(conn, list(wanted))
         jobs: dict[str, _Job] = {}
         now = datetime.now(UTC)
         for row in rows:
@@ -281,11 +275,7 @@ class PostgresSink:
                 if now - row["created_at"] < self._receiving_grace:
                     raise JobNotSealed(row["job_id"])
                 # Its submitter died between producing and sealing: nothing of it is applied.
-                await conn.execute(
-                    "UPDATE sluice_jobs SET state = $2, completed_at = now(), updated_at = now(),"
-                    " reason = 'submission did not complete' WHERE job_id = $1 AND state = $3",
-                    row["job_id"], JobState.FAILED, JobState.RECEIVING,
-                )
+                await job_store.fail_submission(conn, row["job_id"], "submission did not complete")
                 state = JobState.FAILED
             jobs[row["job_id"]] = _Job(state, row["tenant"], row["created_at"].date())
         return jobs
@@ -453,9 +443,11 @@ async def _update_jobs(
     for job_id, (ok, bad, dup, aborted) in sorted(counts.items()):
         if ok + bad + dup + aborted == 0:
             continue
-        row = await conn.fetchrow(_UPDATE_JOB, job_id, ok, bad, dup, job_id in stream, aborted)
-        if row is not None:
-            snapshots[job_id] = dict(row)
+        snapshot = await job_store.record_progress(
+            conn, job_id, succeeded=ok, failed=bad, duplicates=dup, aborted=aborted,
+            stream=job_id in stream)
+        if snapshot is not None:
+            snapshots[job_id] = snapshot
     return snapshots
 
 
@@ -475,32 +467,4 @@ INSERT INTO sluice_consumer_positions (consumer_group, topic, partition, next_of
 SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
 ON CONFLICT (consumer_group, topic, partition)
 DO UPDATE SET next_offset = GREATEST(sluice_consumer_positions.next_offset, EXCLUDED.next_offset)
-"""
-
-# A halted job (failed, aborted) keeps its state and completion time: only its counts move.
-_UPDATE_JOB = """
-UPDATE sluice_jobs SET
-    succeeded = succeeded + $2,
-    failed = failed + $3,
-    duplicates = duplicates + $4,
-    aborted = aborted + $6,
-    records_received = records_received + CASE WHEN $5 THEN $2 + $3 + $4 ELSE 0 END,
-    state = CASE
-        WHEN state IN ('failed', 'aborted') THEN state
-        WHEN $5 THEN 'processing'
-        WHEN succeeded + failed + duplicates + $2 + $3 + $4 < records_received THEN 'processing'
-        WHEN failed + $3 > 0 THEN 'completed_with_errors'
-        ELSE 'completed' END,
-    completed_at = CASE
-        WHEN state IN ('failed', 'aborted') THEN completed_at
-        WHEN NOT $5 AND succeeded + failed + duplicates + $2 + $3 + $4 >= records_received
-        THEN now() END,
-    progressed_at = now(),
-    stalled_since = NULL,
-    reason = CASE WHEN state IN ('failed', 'aborted') THEN reason END,
-    updated_at = now()
-WHERE job_id = $1
-RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
-          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at,
-          tenant, principal
 """

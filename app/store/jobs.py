@@ -1,0 +1,233 @@
+"""The job store: the one owner of ``sluice_jobs`` and of every job state transition.
+
+A job moves receiving -> accepted -> processing -> completed | completed_with_errors, or
+ends failed or aborted. Each move is one named function here, run in the caller's
+transaction where it must commit with other effects (the sink's rows, the report
+outbox), and every transition into a terminal state queues the job's report. State
+names come from ``JobState``: the SQL below is built from it, not spelled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from app.store import reports
+from schemas.vocabulary import JobState, RecordStatus
+
+RESULT_STATUSES = tuple(RecordStatus)
+
+_RECEIVING, _ACCEPTED, _PROCESSING = JobState.RECEIVING, JobState.ACCEPTED, JobState.PROCESSING
+_FAILED, _ABORTED = JobState.FAILED, JobState.ABORTED
+_RUNNING = f"('{_ACCEPTED}', '{_PROCESSING}')"
+_HALTED = f"('{_FAILED}', '{_ABORTED}')"
+
+
+# --- transitions -----------------------------------------------------------------------
+
+async def create_receiving(
+    pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int,
+    *, tenant: str | None = None, principal: str | None = None,
+    idempotency_key: str | None = None, request_fingerprint: str | None = None,
+) -> None:
+    """-> receiving: a submission whose envelopes are about to be produced (held until sealed).
+
+    ``tenant`` owns the job: only that tenant sees it over HTTP. ``principal`` is who submitted it.
+    ``idempotency_key`` (hashed) and ``request_fingerprint`` let a retry find the job.
+    """
+    await pool.execute(
+        "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received,"
+        " tenant, principal, idempotency_key, request_fingerprint)"
+        f" VALUES ($1, $2, $3, 'http', '{_RECEIVING}', $4, $5, $6, $7, $8)",
+        job_id, target, operation, records, tenant, principal, idempotency_key, request_fingerprint,
+    )
+
+
+async def open_stream(conn: asyncpg.Connection, job_id: str, target: str, operation: str) -> None:
+    """-> processing: the long-running job of a producer input partition, on its first records."""
+    await conn.execute(
+        "INSERT INTO sluice_jobs (job_id, target, operation, source, state, accepted_at)"
+        f" VALUES ($1, $2, $3, 'kafka', '{_PROCESSING}', now()) ON CONFLICT DO NOTHING",
+        job_id, target, operation,
+    )
+
+
+async def seal(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
+    """receiving -> accepted: every envelope is in Kafka; the worker may apply them."""
+    row = await pool.fetchrow(
+        f"UPDATE sluice_jobs SET state = '{_ACCEPTED}', accepted_at = now(), updated_at = now()"
+        f" WHERE job_id = $1 AND state = '{_RECEIVING}' RETURNING *",
+        job_id,
+    )
+    if row is None:
+        raise LookupError(job_id)
+    return dict(row)
+
+
+async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) -> bool:
+    """receiving -> failed: the submission did not complete; none of its records is applied.
+
+    Returns whether the job was still receiving. Run it in a transaction: it queues the report.
+    """
+    done: str = await conn.execute(
+        f"UPDATE sluice_jobs SET state = '{_FAILED}', reason = $2, completed_at = now(),"
+        f" updated_at = now() WHERE job_id = $1 AND state = '{_RECEIVING}'",
+        job_id, reason,
+    )
+    await reports.enqueue_terminal(conn, [job_id])
+    return done != "UPDATE 0"
+
+
+async def fail_submission_now(pool: asyncpg.Pool, job_id: str, reason: str) -> None:
+    """fail_submission in a transaction of its own (the web process, when produce failed)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await fail_submission(conn, job_id, reason)
+
+
+async def abort(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:
+    """accepted | processing -> aborted: records not yet written will be reported as aborted.
+
+    Returns the job after the change, or None if it was not running (unknown, another
+    tenant's, still receiving, or already terminal).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE sluice_jobs SET state = '{_ABORTED}', reason = 'aborted by the client',"
+            " completed_at = now(), updated_at = now()"
+            " WHERE job_id = $1 AND tenant = $2 AND source = 'http'"
+            f" AND state IN {_RUNNING} RETURNING *",
+            job_id, tenant,
+        )
+        await reports.enqueue_terminal(conn, [job_id])
+    return dict(row) if row is not None else None
+
+
+async def record_progress(
+    conn: asyncpg.Connection, job_id: str, *, succeeded: int, failed: int, duplicates: int,
+    aborted: int, stream: bool,
+) -> dict[str, Any] | None:
+    """Add a chunk's outcomes: -> processing, or -> completed | completed_with_errors once
+    every received record has one. A halted job keeps its state; only its counts move.
+
+    Stream jobs (producer partitions) receive as they go and never complete. Clears a
+    stall mark. Returns the job's snapshot after the change, or None for an unknown job.
+    """
+    row = await conn.fetchrow(_RECORD_PROGRESS, job_id, succeeded, failed, duplicates, stream, aborted)
+    return dict(row) if row is not None else None
+
+
+async def flag_stalled(pool: asyncpg.Pool, stall_s: float) -> tuple[list[str], int]:
+    """Mark unfinished jobs that made no progress for ``stall_s``; returns (newly marked, all marked).
+
+    Nothing accepted is thrown away: a stalled job keeps its state and its records, its
+    ``reason`` says why it waits, and its next progress clears the mark (an outage of the
+    database or of every worker only delays it). Each job is judged on its own progress.
+    """
+    rows = await pool.fetch(
+        f"""
+        UPDATE sluice_jobs SET stalled_since = now(), updated_at = now(),
+            reason = format('no progress for %s s', $1::float8)
+        WHERE source = 'http' AND state IN {_RUNNING} AND stalled_since IS NULL
+          AND coalesce(progressed_at, accepted_at) < now() - make_interval(secs => $1)
+        RETURNING job_id
+        """,
+        stall_s,
+    )
+    marked = await pool.fetchval(
+        f"SELECT count(*) FROM sluice_jobs WHERE stalled_since IS NOT NULL AND state IN {_RUNNING}")
+    return [r["job_id"] for r in rows], int(marked)
+
+
+# --- reads -------------------------------------------------------------------------------
+
+async def states_of(conn: asyncpg.Connection, job_ids: list[str]) -> list[asyncpg.Record]:
+    """(job_id, state, tenant, created_at) of the jobs that exist among ``job_ids``."""
+    return list(await conn.fetch(
+        "SELECT job_id, state, tenant, created_at FROM sluice_jobs WHERE job_id = ANY($1::text[])",
+        job_ids,
+    ))
+
+
+async def find_sealed(pool: asyncpg.Pool, tenant: str, idempotency_key: str) -> dict[str, Any] | None:
+    """The latest job of this tenant sealed under this (hashed) idempotency key, if any.
+
+    Sealed means its records were all in Kafka and it was (or was about to be) answered 202.
+    """
+    row = await pool.fetchrow(
+        "SELECT * FROM sluice_jobs WHERE tenant = $1 AND idempotency_key = $2"
+        " AND accepted_at IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+        tenant, idempotency_key,
+    )
+    return dict(row) if row is not None else None
+
+
+async def get(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
+    """A job row, or None (any tenant: for internal use, not for HTTP)."""
+    row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1", job_id)
+    return dict(row) if row is not None else None
+
+
+async def get_for_tenant(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:
+    """A job row if it belongs to ``tenant``, else None, exactly as for an unknown id.
+
+    Jobs without a tenant (Kafka producer partitions) belong to no HTTP tenant.
+    """
+    row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1 AND tenant = $2",
+                              job_id, tenant)
+    return dict(row) if row is not None else None
+
+
+async def iter_results(
+    pool: asyncpg.Pool, job_id: str, status: str | None, *, prefetch: int = 5000
+) -> AsyncIterator[asyncpg.Record]:
+    """Stream a job's per-record outcomes in index order, without loading them all."""
+    query = "SELECT idx, status, key, code, message FROM sluice_record_results WHERE job_id = $1"
+    args: list[Any] = [job_id]
+    if status is not None:
+        query += " AND status = $2"
+        args.append(status)
+    query += " ORDER BY idx"
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        async for record in conn.cursor(query, *args, prefetch=prefetch):
+            yield record
+
+
+async def pending_work(pool: asyncpg.Pool) -> tuple[int, float]:
+    """(records accepted without an outcome, age in seconds of the oldest unfinished job)."""
+    row = await pool.fetchrow(
+        "SELECT coalesce(sum(records_received - succeeded - failed - duplicates), 0) AS depth,"
+        " coalesce(extract(epoch FROM now() - min(accepted_at)), 0) AS age"
+        f" FROM sluice_jobs WHERE source = 'http' AND state IN {_RUNNING}"
+    )
+    assert row is not None
+    return int(row["depth"]), float(row["age"])
+
+
+_RECORD_PROGRESS = f"""
+UPDATE sluice_jobs SET
+    succeeded = succeeded + $2,
+    failed = failed + $3,
+    duplicates = duplicates + $4,
+    aborted = aborted + $6,
+    records_received = records_received + CASE WHEN $5 THEN $2 + $3 + $4 ELSE 0 END,
+    state = CASE
+        WHEN state IN {_HALTED} THEN state
+        WHEN $5 THEN '{_PROCESSING}'
+        WHEN succeeded + failed + duplicates + $2 + $3 + $4 < records_received THEN '{_PROCESSING}'
+        WHEN failed + $3 > 0 THEN '{JobState.COMPLETED_WITH_ERRORS}'
+        ELSE '{JobState.COMPLETED}' END,
+    completed_at = CASE
+        WHEN state IN {_HALTED} THEN completed_at
+        WHEN NOT $5 AND succeeded + failed + duplicates + $2 + $3 + $4 >= records_received
+        THEN now() END,
+    progressed_at = now(),
+    stalled_since = NULL,
+    reason = CASE WHEN state IN {_HALTED} THEN reason END,
+    updated_at = now()
+WHERE job_id = $1
+RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
+          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at,
+          tenant, principal
+"""
