@@ -324,8 +324,8 @@ async def write_partition(deliveries: list[Delivery]) -> list[Awaitable[object]]
     if not chunks:
         positions = next_positions([(d.partition, d.offset) for d in deliveries])
         if undeliverable:
-            chunks_result = await write_chunk([], positions, undeliverable)
-            return [await _publish(chunks_result, [])]
+            result = await write_chunk([], positions, undeliverable)
+            return [await _publish(result, [])]
         await until_done(lambda: resources.sink.advance(positions), "position write")
         return []
     sent: list[Awaitable[object]] = []

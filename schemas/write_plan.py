@@ -80,10 +80,10 @@ class WritePlan:
 _ABSENT = 0
 _INITIAL = 1
 _WRITTEN = 2
-# Verdicts are immutable: one of each, shared by every record that gets it.
-_SUCCEEDED = Verdict(RecordStatus.SUCCEEDED)
-_DUPLICATE = Verdict(RecordStatus.DUPLICATE)
-_KEY_EXISTS = Verdict(RecordStatus.FAILED, UNIQUE_VIOLATION, UNIQUE_VIOLATION_MESSAGE)
+# Verdicts are immutable: one of each, shared by every record that gets it (the sink too).
+SUCCEEDED = Verdict(RecordStatus.SUCCEEDED)
+DUPLICATE = Verdict(RecordStatus.DUPLICATE)
+KEY_EXISTS = Verdict(RecordStatus.FAILED, UNIQUE_VIOLATION, UNIQUE_VIOLATION_MESSAGE)
 
 
 def plan_writes(
@@ -117,7 +117,7 @@ def plan_writes(
             verdict = refused.get(step.ord)
             if verdict is None:
                 state, last, verdict = _apply(state, last, step, same)
-                if step.operation is Operation.DELETE and verdict is _SUCCEEDED:
+                if step.operation is Operation.DELETE and verdict is SUCCEEDED:
                     deleting = step
             plan.verdicts[step.ord] = verdict
         if state == _WRITTEN:
@@ -138,17 +138,17 @@ def _apply(
     """One record against its key's current state: (next state, row holder, outcome)."""
     if step.operation is Operation.DELETE:
         if state == _ABSENT:
-            return state, last, _DUPLICATE
-        return _ABSENT, None, _SUCCEEDED
+            return state, last, DUPLICATE
+        return _ABSENT, None, SUCCEEDED
     if state == _ABSENT:
-        return _WRITTEN, step, _SUCCEEDED
+        return _WRITTEN, step, SUCCEEDED
     if state == _INITIAL:
         unchanged = step.ord in same
     else:
         assert last is not None
         unchanged = last.values == step.values and last.tenant == step.tenant
     if unchanged:
-        return state, last, _DUPLICATE
+        return state, last, DUPLICATE
     if step.operation is Operation.INSERT:
-        return state, last, _KEY_EXISTS
-    return _WRITTEN, step, _SUCCEEDED
+        return state, last, KEY_EXISTS
+    return _WRITTEN, step, SUCCEEDED

@@ -83,6 +83,14 @@ async def _claim(store: IdempotencyStore, key: str) -> StoredResponse | str | No
                       slug="idempotency-unavailable", headers={"Retry-After": "5"}) from e
 
 
+def _accepted_body(request: web.Request, job_id: str, target: str, operation: str,
+                   records: int) -> dict[str, Any]:
+    """The 202 answer of a sealed submission, first time or replayed from its job row."""
+    return {"job_id": job_id, "state": JobState.ACCEPTED, "target": target,
+            "operation": operation, "records_received": records,
+            "links": _job_links(request, job_id)}
+
+
 async def _lease_remaining(store: IdempotencyStore, key: str) -> int:
     try:
         return await store.lease_remaining_s(key)
@@ -97,11 +105,9 @@ async def _sealed_answer(
     job = await jobs.find_sealed(request.app[pool_key], tenant, IdempotencyStore.key_hash(key))
     if job is None:
         return None
-    links = _job_links(request, job["job_id"])
-    body = {"job_id": job["job_id"], "state": JobState.ACCEPTED, "target": job["target"],
-            "operation": job["operation"], "records_received": job["records_received"],
-            "links": links}
-    answer = StoredResponse(job["request_fingerprint"] or "", 202, body, links["self"])
+    body = _accepted_body(request, job["job_id"], job["target"], job["operation"],
+                          job["records_received"])
+    answer = StoredResponse(job["request_fingerprint"] or "", 202, body, body["links"]["self"])
     try:
         await store.complete(key, answer)
     except _REDIS_DOWN:
@@ -181,10 +187,9 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
         raise
     audit("bulk operation accepted", principal, target=accepted.target,
           operation=accepted.operation, records=accepted.records, job_id=accepted.job_id)
-    links = _job_links(request, accepted.job_id)
-    body = {"job_id": accepted.job_id, "state": JobState.ACCEPTED, "target": accepted.target,
-            "operation": accepted.operation, "records_received": accepted.records,
-            "links": links}
+    body = _accepted_body(request, accepted.job_id, accepted.target, accepted.operation,
+                          accepted.records)
+    links = body["links"]
     if key is not None:
         try:
             await store.complete(key, StoredResponse(fingerprint.hexdigest(), 202, body, links["self"]))

@@ -66,18 +66,17 @@ async def seal(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) -> bool:
+async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) -> None:
     """receiving -> failed: the submission did not complete; none of its records is applied.
 
-    Returns whether the job was still receiving. Run it in a transaction: it queues the report.
+    Run it in a transaction: it queues the report.
     """
-    done: str = await conn.execute(
+    await conn.execute(
         f"UPDATE sluice_jobs SET state = '{_FAILED}', reason = $2, completed_at = now(),"
         f" updated_at = now() WHERE job_id = $1 AND state = '{_RECEIVING}'",
         job_id, reason,
     )
     await reports.enqueue_terminal(conn, [job_id])
-    return done != "UPDATE 0"
 
 
 async def fail_submission_now(pool: asyncpg.Pool, job_id: str, reason: str) -> None:
@@ -160,12 +159,6 @@ async def find_sealed(pool: asyncpg.Pool, tenant: str, idempotency_key: str) -> 
         " AND accepted_at IS NOT NULL ORDER BY created_at DESC LIMIT 1",
         tenant, idempotency_key,
     )
-    return dict(row) if row is not None else None
-
-
-async def get(pool: asyncpg.Pool, job_id: str) -> dict[str, Any] | None:
-    """A job row, or None (any tenant: for internal use, not for HTTP)."""
-    row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1", job_id)
     return dict(row) if row is not None else None
 
 

@@ -40,7 +40,7 @@ _TERMINAL = sorted(TERMINAL_STATES)
 async def enqueue_terminal(conn: asyncpg.Connection, job_ids: Iterable[str]) -> None:
     """Queue the report of each of these jobs that is now terminal (once per job).
 
-    Call it inside the transaction that made the change.
+    Call it inside the transaction that made the change. No job, no statement.
     """
     ids = sorted(set(job_ids))
     if ids:

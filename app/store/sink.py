@@ -27,14 +27,15 @@ from app.store import ledger, reports
 from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
 from app.store.ledger import Outcome
 from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
-from schemas.envelope import Envelope
+from schemas.envelope import UNKNOWN_TARGET, Envelope
 from schemas.identity import key_json_encoder
 from schemas.sql import TargetStatements, statements_for
 from schemas.targets import Target
 from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, JobState, Operation, RecordStatus
 from schemas.write_plan import (
-    UNIQUE_VIOLATION,
-    UNIQUE_VIOLATION_MESSAGE,
+    DUPLICATE,
+    KEY_EXISTS,
+    SUCCEEDED,
     ExistingRows,
     Step,
     Verdict,
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 ISOLATION_FANOUT = 8
 """A set the database refuses is split this many ways, each part under a savepoint, until
 the refused rows stand alone: about log8(n) statements per bad row, no TRUNCATE inside."""
-UNKNOWN_TARGET = "unknown_target"
-UNDELIVERABLE = "undeliverable_envelope"
 
 
 class JobNotSealed(SluiceError):
@@ -163,8 +162,10 @@ class PostgresSink:
                 await self._apply(conn, self._targets[target_name], pending[target_name], result)
             await ledger.record(conn, result.outcomes)
             result.jobs = await _update_jobs(conn, live, result.outcomes, undeliverable, jobs)
-            await reports.enqueue_terminal(conn, [job_id for job_id, job in jobs.items()
-                                                  if job.state in TERMINAL_STATES or job_id in result.jobs])
+            await reports.enqueue_terminal(conn, [
+                job_id for job_id, job in jobs.items()
+                if job.state in TERMINAL_STATES
+                or result.jobs.get(job_id, {}).get("state") in TERMINAL_STATES])
             await _record_undeliverable(conn, self._topic, undeliverable)
             await conn.execute(
                 _ADVANCE_POSITIONS, self._group, self._topic,
@@ -311,11 +312,6 @@ class PostgresSink:
         return {**found, **await ledger.already_written(conn, job_ids, indexes, since)}
 
 
-_INSERTED = Verdict(RecordStatus.SUCCEEDED)
-_DUPLICATE = Verdict(RecordStatus.DUPLICATE)
-_KEY_EXISTS = Verdict(RecordStatus.FAILED, UNIQUE_VIOLATION, UNIQUE_VIOLATION_MESSAGE)
-
-
 async def _insert_all_new(
     conn: asyncpg.Connection, sql: TargetStatements, checks: RowChecks, steps: list[Step],
     checked: list[int],
@@ -345,12 +341,12 @@ async def _insert_all_new(
         await attempt.rollback()
         return None
     await attempt.commit()
-    verdicts = dict.fromkeys((r["ord"] for r in inserted), _INSERTED)
+    verdicts = dict.fromkeys((r["ord"] for r in inserted), SUCCEEDED)
     verdicts.update(refused)
     if len(verdicts) < len(steps):  # keys already there: same values, or another row
         conflicts = [s.ord for s in steps if s.ord not in verdicts]
         same = {r["ord"] for r in await conn.fetch(sql.existing_of, conflicts) if r["same"]}
-        verdicts.update({o: _DUPLICATE if o in same else _KEY_EXISTS for o in conflicts})
+        verdicts.update({o: DUPLICATE if o in same else KEY_EXISTS for o in conflicts})
     return verdicts
 
 
