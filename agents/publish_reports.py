@@ -43,6 +43,8 @@ class ReportPublisher(faust.Service):
             try:
                 sent = await publish_pending(resources.pool)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                if self.should_stop:  # the pool closed under a worker shutting down
+                    return
                 log.warning("job reports not published (%s); retrying", type(e).__name__)
                 sent = 0
             if sent < BATCH:
