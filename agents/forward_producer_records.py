@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
-from agents.apply_records import records_topic
 from agents.producer_records import ProducerRecordDecoder, envelopes_for
 from agents.resources import resources
+from agents.topics import records_topic
 from app import metrics
 from app.faust_app import app, topics
 from app.kafka import security_options

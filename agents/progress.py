@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from agents.batching import JOB_HEADER
+from agents.apply.batching import JOB_HEADER
 
 
 def processed(progress: dict[str, Any]) -> int:

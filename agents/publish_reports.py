@@ -15,19 +15,15 @@ import asyncpg
 import faust
 
 from agents.resources import resources
+from agents.topics import job_reports_topic
 from app import metrics
-from app.faust_app import app, topics
-from app.settings import get_settings
+from app.faust_app import app
 from app.store import reports
 from schemas.job_report import audit_fields, job_report
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("sluice.audit")
 
-job_reports_topic = app.topic(
-    topics.job_reports, key_serializer="raw", value_serializer="raw",
-    partitions=get_settings().partitions,
-)
 POLL_S = 0.5
 """How often the outbox is looked at: a finished job's report follows within about this long."""
 BATCH = 200

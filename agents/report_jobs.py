@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import faust
 
-from agents.apply_records import results_topic
 from agents.progress import merge_progress, snapshot_of
+from agents.topics import results_topic
 from app import metrics
 from app.faust_app import app
 from tables.job_progress import job_to_progress

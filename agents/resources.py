@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 
 import asyncpg
 import faust
@@ -14,6 +13,7 @@ from prometheus_client import start_http_server
 from app.database import create_pool, create_targets, migrate
 from app.faust_app import app
 from app.settings import get_settings
+from app.store.positions import PartitionPositions
 from app.store.sink import PostgresSink
 from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
@@ -55,14 +55,13 @@ class WorkerResources(faust.Service):
         """Connect, create missing tables, expose metrics."""
         settings = get_settings()
         _, dsn, _ = settings.require_services()
-        # One connection per partition written concurrently, plus position reads and gap fills.
+        # One connection per partition written concurrently, plus claims, reports and upkeep.
         self._pool = await create_pool(dsn, max_size=settings.partitions + 2, custom_plans=True)
         await migrate(self._pool, self.targets, results_retention_days=settings.results_retention)
+        records = TopicNames(settings.topic_prefix).records
         self._sink = PostgresSink(
             self._pool, self.targets,
-            receiving_grace=timedelta(seconds=settings.receiving_grace_s),
-            consumer_group=settings.worker_id,
-            topic=TopicNames(settings.topic_prefix).records,
+            positions=PartitionPositions(settings.worker_id, records), topic=records,
         )
         self._ready.set()
         if settings.worker_metrics_port:

@@ -26,12 +26,12 @@ def run_worker(_: argparse.Namespace) -> int:
     import faust
 
     from agents import (  # noqa: F401
-        apply_records,
         forward_producer_records,
         maintain_results,
         publish_reports,
         report_jobs,
     )
+    from agents.apply import consumer  # noqa: F401
     from app.faust_app import app
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)

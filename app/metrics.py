@@ -57,7 +57,12 @@ undeliverable = Counter(
 )
 partition_gaps = Counter(
     "sluice_partition_gaps_total",
-    "Records partitions delivered past their committed position; the gap was read directly.",
+    "Records-topic offsets missing from the log where a partition continues (retention deleted "
+    "envelopes before they were applied: their jobs stall). Alert on any increase.",
+)
+waiting_envelope_bytes = Gauge(
+    "sluice_waiting_envelope_bytes",
+    "Envelopes held in the worker until their jobs are sealed.",
 )
 stage_seconds = Counter(
     "sluice_stage_seconds_total",

@@ -77,10 +77,6 @@ class Settings(BaseSettings):
     unknown_target_wait_s: float = Field(60.0, ge=0)
     # Days of per-record outcomes kept in sluice_record_results (whole days are dropped).
     results_retention: int = Field(7, ge=1)
-    # How long a job may sit in "receiving" (its records half produced) before the
-    # worker decides its submitter died and fails it instead of waiting for ever.
-    receiving_grace_s: float = 60.0
-
     # --- authentication and authorisation: always on for /v1, there is no off switch ---
     # Verification keys: a JWKS file or an https URL (one of them; `sluice run` generates a
     # local dev JWKS when neither is set).

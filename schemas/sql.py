@@ -171,6 +171,11 @@ CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
     next_offset    bigint NOT NULL,
     PRIMARY KEY (consumer_group, topic, partition)
 );
+-- Bumped by each worker that is assigned the partition: a write carrying an older epoch
+-- (a worker that lost the partition and does not know yet) is refused.
+ALTER TABLE sluice_consumer_positions ADD COLUMN IF NOT EXISTS owner_epoch bigint NOT NULL DEFAULT 0;
+-- A submission still receiving after this moment (database clock) has died: it is failed.
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS receive_deadline timestamptz;
 -- Records-topic messages that could not be read as envelopes: kept, never silently skipped.
 CREATE TABLE IF NOT EXISTS sluice_undeliverable (
     topic       text NOT NULL,

@@ -88,13 +88,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
+SUBMISSION_SWEEP_S = 5.0
+
+
 async def _sweep_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> None:
     """Make a job without progress visible (its reason, a gauge, an error line to alert on),
     from the web process too, so that it shows even when no worker is left alive. A
-    stalled job is never failed: its records were accepted and will still be applied."""
+    stalled job is never failed: its records were accepted and will still be applied.
+
+    Submissions past their receive deadline (their web process died) are failed here too:
+    one that produced nothing has no envelope for a worker to notice it by.
+    """
     while True:
-        await asyncio.sleep(min(30.0, stall_s / 4))
+        await asyncio.sleep(min(SUBMISSION_SWEEP_S, stall_s / 4))
         try:
+            expired = await jobs.fail_expired_submissions(pool)
+            if expired:
+                log.warning("submissions failed past their deadline", extra={"jobs": expired})
             newly, marked = await jobs.flag_stalled(pool, stall_s)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("stalled-job sweep skipped: %s", type(e).__name__)

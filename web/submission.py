@@ -207,7 +207,9 @@ async def submit(
         if admit is not None:  # authorise (target, operation, count) before anything is produced
             await admit(target.name, operation, count)
         await jobs.create_receiving(
-            ctx.pool, job_id, target.name, operation, count, tenant=tenant, principal=principal,
+            ctx.pool, job_id, target.name, operation, count,
+            seal_within_s=deadline - asyncio.get_running_loop().time(),
+            tenant=tenant, principal=principal,
             idempotency_key=idempotency_key,
             # The body has been read whole by now: the fingerprint is final.
             request_fingerprint=fingerprint.hexdigest() if fingerprint is not None else None)
@@ -223,7 +225,13 @@ async def submit(
             raise Problem(503, "Broker unavailable",
                           "records could not be written to Kafka; nothing was accepted",
                           slug="broker-unavailable", headers={"Retry-After": "5"}) from e
-        await jobs.seal(ctx.pool, job_id)
+        try:
+            await jobs.seal(ctx.pool, job_id)
+        except jobs.SealRefused as e:
+            raise Problem(503, "Submission expired",
+                          "the records reached Kafka after the submission's deadline; the job "
+                          "was failed and nothing of it will be applied",
+                          slug="broker-unavailable", headers={"Retry-After": "5"}) from e
     finally:
         spool.close()
     metrics.records_received.labels(target.name, "http").inc(count)

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from app.errors import SluiceError
 from app.store import reports
 from schemas.vocabulary import JobState, RecordStatus
 
@@ -21,6 +22,11 @@ RESULT_STATUSES = tuple(RecordStatus)
 
 _RECEIVING, _ACCEPTED, _PROCESSING = JobState.RECEIVING, JobState.ACCEPTED, JobState.PROCESSING
 _FAILED, _ABORTED = JobState.FAILED, JobState.ABORTED
+SEAL_GRACE_S = 5.0
+"""Added to a submission's remaining timeout for its receive deadline: the seal's own
+round trip, on the database's clock like the deadline itself."""
+LEGACY_RECEIVE_S = 120.0
+
 _RUNNING = f"('{_ACCEPTED}', '{_PROCESSING}')"
 _HALTED = f"('{_FAILED}', '{_ABORTED}')"
 
@@ -29,19 +35,24 @@ _HALTED = f"('{_FAILED}', '{_ABORTED}')"
 
 async def create_receiving(
     pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int,
-    *, tenant: str | None = None, principal: str | None = None,
+    *, seal_within_s: float, tenant: str | None = None, principal: str | None = None,
     idempotency_key: str | None = None, request_fingerprint: str | None = None,
 ) -> None:
     """-> receiving: a submission whose envelopes are about to be produced (held until sealed).
 
+    ``seal_within_s``: what is left of the submission's timeout. The job must be sealed
+    by then plus SEAL_GRACE_S on the database's clock, or it is failed (see
+    still_receiving): the web process and the workers judge it by one clock.
     ``tenant`` owns the job: only that tenant sees it over HTTP. ``principal`` is who submitted it.
     ``idempotency_key`` (hashed) and ``request_fingerprint`` let a retry find the job.
     """
     await pool.execute(
         "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received,"
-        " tenant, principal, idempotency_key, request_fingerprint)"
-        f" VALUES ($1, $2, $3, 'http', '{_RECEIVING}', $4, $5, $6, $7, $8)",
+        " tenant, principal, idempotency_key, request_fingerprint, receive_deadline)"
+        f" VALUES ($1, $2, $3, 'http', '{_RECEIVING}', $4, $5, $6, $7, $8,"
+        " now() + make_interval(secs => $9))",
         job_id, target, operation, records, tenant, principal, idempotency_key, request_fingerprint,
+        max(0.0, seal_within_s) + SEAL_GRACE_S,
     )
 
 
@@ -54,15 +65,24 @@ async def open_stream(conn: asyncpg.Connection, job_id: str, target: str, operat
     )
 
 
+class SealRefused(SluiceError):
+    """The job is no longer receiving: its deadline passed and a worker (or sweep) failed it."""
+
+
 async def seal(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
-    """receiving -> accepted: every envelope is in Kafka; the worker may apply them."""
+    """receiving -> accepted: every envelope is in Kafka; the workers may apply them.
+
+    Refused past the job's receive deadline, so that a job is either sealed in time or
+    failed, never both: raises SealRefused.
+    """
     row = await pool.fetchrow(
         f"UPDATE sluice_jobs SET state = '{_ACCEPTED}', accepted_at = now(), updated_at = now()"
-        f" WHERE job_id = $1 AND state = '{_RECEIVING}' RETURNING *",
+        f" WHERE job_id = $1 AND state = '{_RECEIVING}'"
+        " AND (receive_deadline IS NULL OR now() <= receive_deadline) RETURNING *",
         job_id,
     )
     if row is None:
-        raise LookupError(job_id)
+        raise SealRefused(job_id)
     return dict(row)
 
 
@@ -77,6 +97,41 @@ async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) ->
         job_id, reason,
     )
     await reports.enqueue_terminal(conn, [job_id])
+
+
+async def still_receiving(conn: asyncpg.Connection, job_ids: list[str]) -> set[str]:
+    """Which of the jobs are receiving; those past their receive deadline are failed first.
+
+    Run it in a transaction: failing queues the report. A job from before deadlines were
+    stored gets LEGACY_RECEIVE_S from its creation.
+    """
+    expired = await conn.fetch(
+        f"UPDATE sluice_jobs SET state = '{_FAILED}', completed_at = now(), updated_at = now(),"
+        " reason = 'submission did not complete: not sealed by its deadline'"
+        f" WHERE job_id = ANY($1::text[]) AND state = '{_RECEIVING}' AND now() > coalesce("
+        " receive_deadline, created_at + make_interval(secs => $2)) RETURNING job_id",
+        job_ids, LEGACY_RECEIVE_S,
+    )
+    if expired:
+        await reports.enqueue_terminal(conn, [r["job_id"] for r in expired])
+    rows = await conn.fetch(
+        f"SELECT job_id FROM sluice_jobs WHERE job_id = ANY($1::text[]) AND state = '{_RECEIVING}'",
+        job_ids,
+    )
+    return {r["job_id"] for r in rows}
+
+
+async def fail_expired_submissions(pool: asyncpg.Pool) -> int:
+    """Fail every job past its receive deadline (a sweep: a job whose web process died
+    before producing anything has no envelope for a worker to notice it by)."""
+    async with pool.acquire() as conn, conn.transaction():
+        ids = [r["job_id"] for r in await conn.fetch(
+            f"SELECT job_id FROM sluice_jobs WHERE state = '{_RECEIVING}' AND now() > coalesce("
+            " receive_deadline, created_at + make_interval(secs => $1)) FOR UPDATE SKIP LOCKED",
+            LEGACY_RECEIVE_S)]
+        if ids:
+            await still_receiving(conn, ids)
+    return len(ids)
 
 
 async def fail_submission_now(pool: asyncpg.Pool, job_id: str, reason: str) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -26,12 +26,13 @@ from app.store import jobs as job_store
 from app.store import ledger, reports
 from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
 from app.store.ledger import Outcome
+from app.store.positions import Claim, Fence, PartitionPositions
 from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
 from schemas.envelope import UNKNOWN_TARGET, Envelope
 from schemas.identity import key_json_encoder
 from schemas.sql import TargetStatements, statements_for
 from schemas.targets import Target
-from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, JobState, Operation, RecordStatus
+from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, Operation, RecordStatus
 from schemas.write_plan import (
     DUPLICATE,
     KEY_EXISTS,
@@ -96,21 +97,15 @@ class PostgresSink:
     """Writes chunks of envelopes into their target tables."""
 
     def __init__(
-        self,
-        pool: asyncpg.Pool,
-        targets: Mapping[str, Target],
-        *,
-        receiving_grace: timedelta,
-        consumer_group: str,
-        topic: str,
+        self, pool: asyncpg.Pool, targets: Mapping[str, Target], *,
+        positions: PartitionPositions, topic: str,
     ) -> None:
         self._pool = pool
-        self._group = consumer_group
+        self._positions = positions
         self._topic = topic
         self._targets: dict[str, Target] = {}
         self._statements: dict[str, TargetStatements] = {}
         self._checks: dict[str, RowChecks] = {}
-        self._receiving_grace = receiving_grace
         self.add_targets(targets)
 
     def add_targets(self, targets: Mapping[str, Target]) -> None:
@@ -121,36 +116,36 @@ class PostgresSink:
                 self._statements[name] = statements_for(target)
                 self._checks[name] = RowChecks(target, self._statements[name].stage)
 
-    async def positions(self, partitions: Iterable[int]) -> dict[int, int]:
-        """The next offset to write per partition, as committed with the rows (absent: none yet)."""
-        rows = await self._pool.fetch(
-            "SELECT partition, next_offset FROM sluice_consumer_positions"
-            " WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::int[])",
-            self._group, self._topic, list(partitions),
-        )
-        return {r["partition"]: r["next_offset"] for r in rows}
+    async def claim(self, partitions: Iterable[int]) -> dict[int, Claim]:
+        """Take records partitions over (fencing their previous owner); where each continues."""
+        return await self._positions.claim(self._pool, partitions)
 
-    async def advance(self, positions: Mapping[int, int]) -> None:
-        """Move positions past envelopes that had nothing to write."""
-        await self._pool.execute(
-            _ADVANCE_POSITIONS, self._group, self._topic, list(positions), list(positions.values())
-        )
+    async def still_receiving(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of the jobs are still being received; any past its deadline is failed first."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await job_store.still_receiving(conn, sorted(set(job_ids)))
+
+    async def advance(self, fence: Fence) -> None:
+        """Move a partition's position once the outcomes below it are published."""
+        await self._positions.advance(self._pool, fence)
 
     async def write(
         self,
         envelopes: Sequence[Envelope],
-        positions: Mapping[int, int],
+        owner: Claim,
         undeliverable: Sequence[Undeliverable] = (),
         *,
         give_up: Verdict | None = None,
     ) -> BatchResult:
-        """Apply every record of the envelopes in one transaction; advance ``positions`` in it.
+        """Apply every record of the envelopes in one transaction.
 
-        Raises JobNotSealed if a job is still being received. With ``give_up``, nothing
-        is written to the targets: every record not yet in the ledger gets that verdict
-        (a batch that kept failing past its retry bound).
+        Raises Fenced (before anything is written) unless ``owner`` still owns the partition,
+        JobNotSealed if a job is still being received. With ``give_up``, nothing is written
+        to the targets: every record not yet in the ledger gets that verdict (a batch that
+        kept failing past its retry bound).
         """
         async with self._pool.acquire() as conn, conn.transaction():
+            await self._positions.hold(conn, owner.partition, owner.epoch)
             jobs = await self._jobs(conn, envelopes, undeliverable)
             live = [e for e in envelopes if e.job_id in jobs]
             done = await self._already_written(conn, live, jobs)
@@ -167,10 +162,6 @@ class PostgresSink:
                 if job.state in TERMINAL_STATES
                 or result.jobs.get(job_id, {}).get("state") in TERMINAL_STATES])
             await _record_undeliverable(conn, self._topic, undeliverable)
-            await conn.execute(
-                _ADVANCE_POSITIONS, self._group, self._topic,
-                list(positions), list(positions.values()),
-            )
             return result
 
     def _sort_items(
@@ -267,19 +258,10 @@ class PostgresSink:
         for job_id, e in sorted(stream_jobs.items()):
             await job_store.open_stream(conn, job_id, e.target, e.operation)
         wanted = {e.job_id for e in envelopes} | {u.job_id for u in undeliverable if u.job_id}
-        rows = await job_store.states_of(conn, list(wanted))
-        jobs: dict[str, _Job] = {}
-        now = datetime.now(UTC)
-        for row in rows:
-            state = row["state"]
-            if state == JobState.RECEIVING:
-                if now - row["created_at"] < self._receiving_grace:
-                    raise JobNotSealed(row["job_id"])
-                # Its submitter died between producing and sealing: nothing of it is applied.
-                await job_store.fail_submission(conn, row["job_id"], "submission did not complete")
-                state = JobState.FAILED
-            jobs[row["job_id"]] = _Job(state, row["tenant"], row["created_at"].date())
-        return jobs
+        if waiting := await job_store.still_receiving(conn, sorted(wanted)):
+            raise JobNotSealed(", ".join(sorted(waiting)))
+        return {row["job_id"]: _Job(row["state"], row["tenant"], row["created_at"].date())
+                for row in await job_store.states_of(conn, list(wanted))}
 
     @staticmethod
     async def _already_written(
@@ -457,10 +439,3 @@ async def _record_undeliverable(
             topic, u.partition, u.offset, u.job_id, u.records, u.reason,
         )
 
-
-_ADVANCE_POSITIONS = """
-INSERT INTO sluice_consumer_positions (consumer_group, topic, partition, next_offset)
-SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
-ON CONFLICT (consumer_group, topic, partition)
-DO UPDATE SET next_offset = GREATEST(sluice_consumer_positions.next_offset, EXCLUDED.next_offset)
-"""

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.batching import chunk_by_records, outcome_document, result_messages
+from agents.apply.batching import chunk_by_records, outcome_document, result_messages
 from app.store.ledger import Outcome
 from app.store.sink import BatchResult
 from schemas.envelope import Envelope, Item
@@ -240,28 +240,6 @@ def test_missing_key_is_null(key: str | None) -> None:
     result = BatchResult(outcomes=[Outcome("job", 0, FAILED, key, "c", "m")])
     doc = _decode(result_messages(result, [_envelope(1)]))["job"]
     assert doc["outcomes"][0]["key"] is None
-
-
-# --- find_gaps / next_positions -------------------------------------------------------
-
-from agents.batching import find_gaps, next_positions  # noqa: E402
-
-
-def test_in_order_deliveries_have_no_gap() -> None:
-    assert find_gaps([(0, 5), (1, 0), (0, 6)], {0: 5, 1: 0}) == {}
-
-
-def test_a_partition_that_starts_past_its_position_has_a_gap() -> None:
-    assert find_gaps([(0, 40), (1, 3), (0, 41)], {0: 10, 1: 3}) == {0: (10, 40)}
-
-
-def test_redeliveries_before_the_position_are_no_gap() -> None:
-    assert find_gaps([(0, 2), (0, 3), (0, 4)], {0: 4}) == {}
-
-
-def test_next_positions_is_one_past_the_highest_offset() -> None:
-    assert next_positions([(0, 4), (1, 9), (0, 2)]) == {0: 5, 1: 10}
-    assert next_positions([]) == {}
 
 
 def test_outcomes_of_one_job_are_split_to_fit_a_message() -> None:

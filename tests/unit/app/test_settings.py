@@ -55,7 +55,7 @@ def test_reads_sluice_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("SLUICE_HTTP_PORT", "9999")
     monkeypatch.setenv("SLUICE_TOPIC_PREFIX", "acme")
     monkeypatch.setenv("SLUICE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("SLUICE_RECEIVING_GRACE_S", "12.5")
+    monkeypatch.setenv("SLUICE_SUBMISSION_TIMEOUT_S", "12.5")
     settings = Settings()
     assert settings.kafka_bootstrap == "k1:9092,k2:9092"
     assert settings.batch_size == 750
@@ -65,7 +65,7 @@ def test_reads_sluice_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert settings.topic_prefix == "acme"
     assert settings.data_dir == tmp_path
     assert isinstance(settings.data_dir, Path)
-    assert settings.receiving_grace_s == 12.5
+    assert settings.submission_timeout_s == 12.5
 
 
 def test_unprefixed_variables_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,9 @@
-"""Pure helpers of the batching agent: how envelopes group into writes, how outcomes are published."""
+"""Pure helpers of the apply loop: how envelopes group into writes, how outcomes are published."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -11,31 +11,6 @@ import orjson
 from app.store.ledger import Outcome
 from app.store.sink import BatchResult
 from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope
-
-
-def find_gaps(
-    arrivals: Sequence[tuple[int, int]], expected: Mapping[int, int]
-) -> dict[int, tuple[int, int]]:
-    """Partitions whose delivery starts past the position committed with the rows.
-
-    ``arrivals`` are (partition, offset) in delivery order; ``expected`` is the next
-    offset each partition must continue from. A group rebalance after a crash can start
-    a consumer too far on; the range in between must be read before these events.
-    Earlier offsets are redeliveries, harmless because the ledger recognises them.
-    Returns {partition: (first missing offset, first delivered offset)}.
-    """
-    first: dict[int, int] = {}
-    for partition, offset in arrivals:
-        first.setdefault(partition, offset)
-    return {p: (expected[p], offset) for p, offset in first.items() if offset > expected[p]}
-
-
-def next_positions(arrivals: Sequence[tuple[int, int]]) -> dict[int, int]:
-    """The offset each partition continues from once these events are written."""
-    positions: dict[int, int] = {}
-    for partition, offset in arrivals:
-        positions[partition] = max(positions.get(partition, 0), offset + 1)
-    return positions
 
 
 def chunk_by_records(envelopes: Sequence[Envelope], limit: int) -> list[list[Envelope]]:

@@ -1,0 +1,24 @@
+"""Streaming request-body decoding: JSON, NDJSON or CSV in, records out, memory flat.
+
+``reader`` holds PayloadReader, which decompresses the body, enforces its size
+and picks the framing by media type: ``lines`` cuts NDJSON and CSV bodies into
+bounded lines, ``csv_format`` and ``json_format`` frame CSV rows and JSON
+arrays. ``records`` and ``media`` hold what they share: the records and errors
+produced, and the accepted media types.
+"""
+
+from web.payloads.json_format import MAX_JSON_DEPTH
+from web.payloads.media import MediaType, media_type_for
+from web.payloads.reader import DEFAULT_MAX_RECORD_BYTES, PayloadReader
+from web.payloads.records import MalformedRecord, PayloadError, RawRecord
+
+__all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "MAX_JSON_DEPTH",
+    "MalformedRecord",
+    "MediaType",
+    "PayloadError",
+    "PayloadReader",
+    "RawRecord",
+    "media_type_for",
+]

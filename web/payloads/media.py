@@ -1,0 +1,37 @@
+"""The body formats the ingress accepts, and their Content-Type headers."""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from web.payloads.records import PayloadError
+
+
+class MediaType(enum.StrEnum):
+    """The body formats the ingress decodes."""
+
+    JSON = "application/json"
+    NDJSON = "application/x-ndjson"
+    CSV = "text/csv"
+
+
+_MEDIA_TYPES: Final = {
+    "application/json": MediaType.JSON,
+    "application/x-ndjson": MediaType.NDJSON,
+    "application/ndjson": MediaType.NDJSON,
+    "application/jsonl": MediaType.NDJSON,
+    "text/csv": MediaType.CSV,
+}
+
+
+def media_type_for(content_type: str | None) -> MediaType:
+    """Map a Content-Type header to a MediaType; parameters such as charset are ignored."""
+    if content_type is None or not content_type.strip():
+        raise PayloadError(415, "a Content-Type header is required")
+    essence = content_type.partition(";")[0].strip().lower()
+    media_type = _MEDIA_TYPES.get(essence)
+    if media_type is None:
+        accepted = ", ".join(_MEDIA_TYPES)
+        raise PayloadError(415, f"Content-Type {essence!r} is not one of {accepted}")
+    return media_type
