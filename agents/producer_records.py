@@ -8,7 +8,7 @@ becomes a failed item, reported like any other failed record, never dropped.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import fastavro
@@ -86,10 +86,17 @@ class ProducerRecordDecoder:
         return operation, partition, item
 
 
+def stream_job_id(topic: str, partition: int, topic_id: str) -> str:
+    """The job of one input partition's records: one per topic incarnation, because a topic
+    deleted and created again starts its offsets (the records' indexes) over."""
+    return f"{topic}:{partition}:{topic_id}"
+
+
 def envelopes_for(
-    messages: Iterable[ConsumerRecord[bytes, bytes]], decoder: ProducerRecordDecoder
+    messages: Iterable[ConsumerRecord[bytes, bytes]], decoder: ProducerRecordDecoder,
+    topic_ids: Mapping[str, str],
 ) -> list[tuple[int, Envelope]]:
-    """Producer messages as envelopes, in log order.
+    """Producer messages as envelopes, in log order; ``topic_ids`` names each topic's incarnation.
 
     Records of one source partition bound for one records partition are packed in runs
     of one operation: an operation change starts a new envelope, so that an insert, a
@@ -108,7 +115,7 @@ def envelopes_for(
             run = (operation, [])
             open_runs[stream] = run
             envelopes.append((partition, Envelope(
-                job_id=f"{message.topic}:{message.partition}",
+                job_id=stream_job_id(message.topic, message.partition, topic_ids[message.topic]),
                 target=decoder.target_for(message.topic).name,
                 operation=operation,
                 items=run[1],

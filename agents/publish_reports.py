@@ -18,19 +18,18 @@ from agents.resources import resources
 from agents.topics import job_reports_topic
 from app import metrics
 from app.faust_app import app
+from app.settings import get_settings
 from app.store import reports
 from schemas.job_report import audit_fields, job_report
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("sluice.audit")
 
-POLL_S = 0.5
-"""How often the outbox is looked at: a finished job's report follows within about this long."""
 BATCH = 200
 
 
 class ReportPublisher(faust.Service):
-    """Publishes outbox reports until none is left, then waits POLL_S."""
+    """Publishes outbox reports until none is left, then waits ``report_poll_s``."""
 
     @faust.Service.task
     async def _publish(self) -> None:
@@ -44,7 +43,7 @@ class ReportPublisher(faust.Service):
                 log.warning("job reports not published (%s); retrying", type(e).__name__)
                 sent = 0
             if sent < BATCH:
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(get_settings().report_poll_s)
 
 
 async def publish_pending(pool: asyncpg.Pool) -> int:

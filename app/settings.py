@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # An envelope for a target this worker does not know (a rolling deploy adding one)
     # waits this long for it, re-reading the target files, before its records fail.
     unknown_target_wait_s: float = Field(60.0, ge=0)
+    # How often the report outbox is looked at when it was empty: a finished job's report
+    # reaches sluice.job-reports within about this long.
+    report_poll_s: float = Field(0.5, gt=0)
     # Days of per-record outcomes kept in sluice_record_results (whole days are dropped).
     results_retention: int = Field(7, ge=1)
     # --- authentication and authorisation: always on for /v1, there is no off switch ---

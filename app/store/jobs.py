@@ -204,6 +204,17 @@ async def states_of(conn: asyncpg.Connection, job_ids: list[str]) -> list[asyncp
     ))
 
 
+async def last_stream_topic_id(pool: asyncpg.Pool, topic: str) -> str | None:
+    """The topic ID in the newest stream job of an input topic (its job ids end with it),
+    or None if it has none (or only jobs from before topic IDs were part of them)."""
+    job_id = await pool.fetchval(
+        "SELECT job_id FROM sluice_jobs WHERE source = 'kafka'"
+        " AND starts_with(job_id, $1) ORDER BY created_at DESC LIMIT 1", topic + ":")
+    if job_id is None or job_id.count(":") < 2:
+        return None
+    return str(job_id).rsplit(":", 1)[1]
+
+
 async def find_sealed(pool: asyncpg.Pool, tenant: str, idempotency_key: str) -> dict[str, Any] | None:
     """The latest job of this tenant sealed under this (hashed) idempotency key, if any.
 

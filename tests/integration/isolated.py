@@ -58,7 +58,8 @@ class IsolatedStack:
             )
         self.processes.append(process)
         if command == "web":
-            wait_for_port(int(self.env[env_var("http_port")]), timeout=60)
+            port = overrides.get(env_var("http_port"), self.env[env_var("http_port")])
+            wait_for_port(int(port), timeout=60)
         return process
 
     @property

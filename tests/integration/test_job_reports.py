@@ -19,9 +19,10 @@ from tests.integration.records import ndjson, reading, submit
 REPORTS = "sluice.job-reports"
 
 
-def reports_for(stack: Stack, job_ids: set[str], timeout: float = 60) -> dict[str, list[dict[str, Any]]]:
+def reports_for(bootstrap: str, job_ids: set[str], timeout: float = 60
+                ) -> dict[str, list[dict[str, Any]]]:
     """Every report of these jobs on the job-reports topic (read from the beginning)."""
-    consumer = Consumer({"bootstrap.servers": stack.kafka, "group.id": f"reports-{uuid.uuid4()}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reports-{uuid.uuid4()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([REPORTS])
     found: dict[str, list[dict[str, Any]]] = {}
@@ -58,7 +59,7 @@ async def test_a_finished_job_and_an_aborted_one_are_each_reported_once(
     async with http.delete(f"/v1/bulk-operations/{big['job_id']}") as r:
         assert r.status in (202, 409)  # 409: it finished before the abort
         aborted = await r.json() if r.status == 202 else await wait_terminal(http, big["job_id"])
-    found = await asyncio.to_thread(reports_for, stack, {done["job_id"], big["job_id"]})
+    found = await asyncio.to_thread(reports_for, stack.kafka, {done["job_id"], big["job_id"]})
     (report,) = found[done["job_id"]]
     assert report["state"] == job["state"] == "completed_with_errors"
     assert (report["succeeded"], report["failed"], report["tenant"]) == (30, 1, "dev")
@@ -84,7 +85,7 @@ async def test_a_report_committed_but_not_published_is_published(
         await conn.execute(
             "INSERT INTO sluice_report_outbox (job_id, snapshot)"
             " SELECT job_id, to_jsonb(j) FROM sluice_jobs j WHERE job_id = $1", job_id)
-    found = await asyncio.to_thread(reports_for, stack, {job_id})
+    found = await asyncio.to_thread(reports_for, stack.kafka, {job_id})
     (report,) = found[job_id]
     assert (report["state"], report["succeeded"]) == ("completed", 7)
     assert await db.fetchval("SELECT sent_at IS NOT NULL FROM sluice_report_outbox WHERE job_id = $1",
