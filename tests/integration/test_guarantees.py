@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.embedded import free_port
@@ -288,6 +288,48 @@ async def test_web_killed_between_seal_and_202_the_retry_gets_the_job_within_the
     finally:
         await conn.close()
         await valkey.aclose()
+
+
+def _commit_group_to_end(bootstrap: str, group: str, topic: str) -> None:
+    """What a lost or stale Kafka offset commit looks like: the group's offsets at the log
+    end, committed by a member of the group (the embedded broker refuses commits from
+    outside it)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "session.timeout.ms": 6000})
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while not consumer.assignment():
+            assert time.monotonic() < deadline, "never joined the group"
+            consumer.poll(0.5)
+        ends = []
+        for tp in consumer.assignment():
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            ends.append(TopicPartition(topic, tp.partition, high))
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+async def test_kafka_offsets_ahead_of_the_database_skip_nothing(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    stack = isolated()
+    stack.spawn("web")
+    worker = stack.spawn("worker")
+    http = session_for(stack)
+    warm = await submit(http, ndjson([reading(f"warm-{uuid.uuid4().hex[:6]}", i) for i in range(8)]))
+    await wait_terminal(http, warm["job_id"], wait_s=120)
+    stack.kill(worker)
+    tag = f"ahead-{uuid.uuid4().hex[:6]}"
+    accepted = await submit(http, ndjson([reading(tag, i) for i in range(5_000)]))
+    await asyncio.sleep(8)  # the dead member's session ends: the group is empty
+    await asyncio.to_thread(_commit_group_to_end, stack.env[env_var("kafka_bootstrap")],
+                            stack.env[env_var("worker_id")] + ".records", "sluice.records")
+    # Kafka says everything was consumed; the database's positions say otherwise, and win.
+    stack.spawn("worker")
+    job = await wait_terminal(http, accepted["job_id"], wait_s=120)
+    assert job["state"] == "completed" and job["counts"]["succeeded"] == 5_000
 
 
 # 2. Two workers, one dies --------------------------------------------------------------
