@@ -72,7 +72,7 @@ def _spawn(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
     """(env for the children, a dev token) — the dev key unless an identity provider is set."""
-    from app.devauth import dev_environment, dev_token, ensure_dev_auth
+    from app.devtools.devauth import dev_environment, dev_token, ensure_dev_auth
 
     if settings.auth_jwks_file or settings.auth_jwks_url:
         return {}, None  # real keys configured: the children read them from the environment
@@ -82,7 +82,7 @@ def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
 
 def run_all(args: argparse.Namespace) -> int:
     """Embedded services (unless configured), topics, tables, a worker and the web server."""
-    from app.embedded import EmbeddedStack, child_environment, stop_processes, wait_for_port
+    from app.devtools.embedded import EmbeddedStack, child_environment, stop_processes, wait_for_port
     from app.kafka import all_topics, ensure_topics
     from app.topics import TopicNames
     from schemas.targets import load_targets
@@ -148,7 +148,7 @@ def run_all(args: argparse.Namespace) -> int:
 
 def run_token(args: argparse.Namespace) -> int:
     """Mint a token with the local dev key; refused for any other key set."""
-    from app.devauth import DevAuthError, local_dev_auth, mint_token
+    from app.devtools.devauth import DevAuthError, local_dev_auth, mint_token
 
     settings = get_settings()
     ttl = args.ttl if args.ttl is not None else settings.auth_max_token_lifetime_s
@@ -169,7 +169,7 @@ def run_token(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """End-to-end throughput on a stack of its own, beside a raw COPY baseline."""
-    from app.bench.main import main as bench_main
+    from app.devtools.bench.main import main as bench_main
 
     logs.configure("WARNING", get_settings().library_log_level)
     return bench_main(args)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="start everything (embedded services unless configured)")
     sub.add_parser("worker", help="start one stream-processing worker")
     sub.add_parser("web", help="start one HTTP ingress process")
-    from app.bench.main import add_arguments
+    from app.devtools.bench.main import add_arguments
 
     add_arguments(sub.add_parser(
         "bench", help="measure throughput on a stack of its own (no `sluice run` needed)"))

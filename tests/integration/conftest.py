@@ -3,24 +3,21 @@ and one web process, started exactly as `sluice run` starts them."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from app.devauth import DevAuth, dev_environment, ensure_dev_auth, mint_token
-from app.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
+from app.devtools.devauth import DevAuth, dev_environment, ensure_dev_auth, mint_token
+from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
 from app.settings import env_var
 
 TEST_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -76,6 +73,13 @@ def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a stack of its own (to kill or stop its processes) is slow."""
+    for item in items:
+        if "isolated" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     # Not pytest's tmp_path: PostgreSQL runs as its own system user when started as
@@ -126,26 +130,3 @@ async def db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def wait_terminal(http: aiohttp.ClientSession, job_id: str, wait_s: float = 120) -> dict[str, Any]:
-    """Poll a job until it is in a terminal state."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        async with http.get(f"/v1/bulk-operations/{job_id}") as r:
-            assert r.status == 200, await r.text()
-            job: dict[str, Any] = await r.json()
-        if job["state"] in ("completed", "completed_with_errors", "failed"):
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['state']} after {wait_s}s: {job}")
-        await asyncio.sleep(0.2)
-
-
-async def results(http: aiohttp.ClientSession, job_id: str, status: str = "all") -> list[dict[str, Any]]:
-    """A job's result lines, parsed."""
-    import orjson
-
-    async with http.get(f"/v1/bulk-operations/{job_id}/results", params={"status": status}) as r:
-        assert r.status == 200, await r.text()
-        assert r.content_type == "application/x-ndjson"
-        body = await r.read()
-    return [orjson.loads(line) for line in body.splitlines() if line]

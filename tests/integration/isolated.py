@@ -13,8 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
-from app.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
+from app.devtools.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
+from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
 from app.settings import Settings, env_var
 
 

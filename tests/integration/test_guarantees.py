@@ -18,12 +18,22 @@ import redis.asyncio as redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.embedded import free_port
+from app.devtools.embedded import free_port
 from app.settings import env_var
-from tests.integration.conftest import results, wait_terminal
+from tests.integration.helpers import (
+    NDJSON,
+    assert_exactly_once,
+    big_job,
+    job_of,
+    ndjson,
+    reading,
+    reports_for,
+    results,
+    submit,
+    wait_progress,
+    wait_terminal,
+)
 from tests.integration.isolated import IsolatedStack
-from tests.integration.records import NDJSON, ndjson, reading, submit
-from tests.integration.test_job_reports import reports_for
 
 MakeStack = Callable[..., IsolatedStack]
 
@@ -40,53 +50,6 @@ def isolated() -> Iterator[MakeStack]:
     yield make
     for stack in stacks:
         stack.stop()
-
-
-async def job_of(http: aiohttp.ClientSession, job_id: str) -> dict[str, Any]:
-    async with http.get(f"/v1/bulk-operations/{job_id}") as r:
-        assert r.status == 200, await r.text()
-        doc: dict[str, Any] = await r.json()
-        return doc
-
-
-async def wait_progress(http: aiohttp.ClientSession, job_id: str, at_least: int,
-                        wait_s: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        job = await job_of(http, job_id)
-        if job["counts"]["succeeded"] >= at_least:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} made no progress to {at_least}: {job}")
-
-
-def big_job(tag: str, n: int, invalid_every: int = 20_000) -> tuple[bytes, int]:
-    """n distinct readings, one in every ``invalid_every`` invalid; returns (body, invalid)."""
-    records: list[Any] = [reading(f"{tag}-{i % 997}", i) for i in range(n)]
-    invalid = 0
-    for i in range(invalid_every // 2, n, invalid_every):
-        records[i] = {"sensor_id": tag, "value": "bad", "sampled_at": 0}
-        invalid += 1
-    return ndjson(records), invalid
-
-
-async def assert_exactly_once(http: aiohttp.ClientSession, dsn: str, job_id: str, tag: str,
-                              n: int, invalid: int) -> None:
-    """Counts exact, every valid row present once, one result line per record."""
-    job = await wait_terminal(http, job_id, wait_s=300)
-    assert job["state"] == "completed_with_errors", job
-    # A record applied twice would show as a 23505 failure or a duplicate here.
-    assert job["counts"] == {"received": n, "succeeded": n - invalid, "failed": invalid,
-                             "duplicates": 0, "aborted": 0}
-    conn = await asyncpg.connect(dsn)
-    try:
-        assert await conn.fetchval(
-            "SELECT count(*) FROM sensor_readings WHERE sensor_id LIKE $1", tag + "-%"
-        ) == n - invalid
-        assert await conn.fetchval(
-            "SELECT count(*) FROM sluice_record_results WHERE job_id = $1", job_id) == n
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.bench.processes import rss_bytes
+from app.devtools.bench.processes import rss_bytes
 from tests.integration.conftest import TEST_MAX_BODY_BYTES, Stack
 
 TERMINAL = {"completed", "completed_with_errors", "failed"}

@@ -11,8 +11,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.integration.conftest import TEST_MAX_BODY_BYTES, results, wait_terminal
-from tests.integration.records import BASE_MS, NDJSON, ndjson, reading, submit
+from tests.integration.conftest import TEST_MAX_BODY_BYTES
+from tests.integration.helpers import BASE_MS, NDJSON, ndjson, reading, results, submit, wait_terminal
 
 
 async def rows_for(db: asyncpg.Pool, prefix: str) -> dict[tuple[str, int], float]:

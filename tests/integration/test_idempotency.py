@@ -9,7 +9,8 @@ import aiohttp
 import orjson
 import redis.asyncio as redis
 
-from tests.integration.conftest import Stack, wait_terminal
+from tests.integration.conftest import Stack
+from tests.integration.helpers import wait_terminal
 from web.idempotency import IdempotencyStore, tenant_scoped
 
 NDJSON = {"Content-Type": "application/x-ndjson"}

@@ -4,49 +4,15 @@ transaction, and the worker publishes what is queued, marking it sent once ackno
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
-from confluent_kafka import Consumer
 
-from tests.integration.conftest import Stack, wait_terminal
-from tests.integration.records import ndjson, reading, submit
+from tests.integration.conftest import Stack
+from tests.integration.helpers import ndjson, reading, reports_for, submit, wait_terminal
 
 REPORTS = "sluice.job-reports"
-
-
-def reports_for(bootstrap: str, job_ids: set[str], timeout: float = 60
-                ) -> dict[str, list[dict[str, Any]]]:
-    """Every report of these jobs on the job-reports topic (read from the beginning)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reports-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([REPORTS])
-    found: dict[str, list[dict[str, Any]]] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while set(found) < job_ids and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            report = orjson.loads(message.value())
-            if report["job_id"] in job_ids:
-                assert message.key() == report["job_id"].encode()
-                found.setdefault(report["job_id"], []).append(report)
-        # A little longer, to see a second report if there were one.
-        end = time.monotonic() + 2
-        while time.monotonic() < end:
-            message = consumer.poll(0.2)
-            if message is not None and not message.error():
-                report = orjson.loads(message.value())
-                if report["job_id"] in job_ids:
-                    found.setdefault(report["job_id"], []).append(report)
-    finally:
-        consumer.close()
-    return found
 
 
 async def test_a_finished_job_and_an_aborted_one_are_each_reported_once(

@@ -15,7 +15,7 @@ from app.store.positions import Fence, Fenced, PartitionPositions
 from app.store.sink import PostgresSink
 from schemas.envelope import Envelope, Item
 from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
-from tests.integration.records import BASE_MS
+from tests.integration.helpers import BASE_MS
 
 
 async def _sealed_job(db: asyncpg.Pool, records: int) -> str:

@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from app.devauth import DEV_AUDIENCE, DEV_ISSUER
-from app.embedded import free_port, wait_for_port
+from app.devtools.devauth import DEV_AUDIENCE, DEV_ISSUER
+from app.devtools.embedded import free_port, wait_for_port
 from app.settings import env_var
 from tests.integration.conftest import Stack, bearer, token_for
-from tests.integration.records import NDJSON, ndjson, reading, submit
+from tests.integration.helpers import NDJSON, ndjson, reading, submit
 
 BULK = "/v1/bulk-operations"
 AUTH_VARS = ("auth_jwks_file", "auth_jwks_url", "auth_issuer", "auth_audience", "access_policy_file")
@@ -463,7 +463,7 @@ async def test_the_dev_token_printed_by_sluice_run_works_and_a_forged_one_does_n
 async def test_each_bulk_operation_has_audit_lines_without_record_contents(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    from tests.integration.conftest import wait_terminal
+    from tests.integration.helpers import wait_terminal
 
     secret_value = f"payload-secret-{uuid.uuid4().hex}"
     accepted = await submit(http, ndjson([reading(secret_value, i) for i in range(3)]))

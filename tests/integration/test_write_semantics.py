@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.envelope import JOB_HEADER, RECORDS_HEADER, Envelope, EnvelopeCodec, Item
 from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
-from tests.integration.conftest import Stack, bearer, results, token_for, wait_terminal
-from tests.integration.records import BASE_MS, NDJSON, ndjson, reading, submit
+from tests.integration.conftest import Stack, bearer, token_for
+from tests.integration.helpers import BASE_MS, NDJSON, ndjson, reading, results, submit, wait_terminal
 from tests.integration.test_kafka_producers import produce
 
 TARGETS = load_targets(BUILTIN_TARGETS_DIR)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devauth import DEV_POLICY
+from app.devtools.devauth import DEV_POLICY
 from web.access import PolicyError, is_allowed, limits_for, load_policy, may_use_target, parse_policy
 from web.auth import Principal
 

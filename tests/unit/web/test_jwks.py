@@ -79,7 +79,7 @@ async def test_file_loader_and_parse_keys(tmp_path: Path) -> None:
 async def test_url_loader_fetches_over_http() -> None:
     from aiohttp import web
 
-    from app.embedded import free_port
+    from app.devtools.embedded import free_port
     from web.jwks import url_loader
 
     doc = {"keys": [_jwk("u")]}

@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 
-from app.bench import scenarios
-from app.bench.processes import BenchServices, Pipeline
-from app.bench.report import render
-from app.bench.scenarios import RunFigures
-from app.bench.workload import ndjson, ndjson_of_size
+from app.devtools.bench import scenarios
+from app.devtools.bench.processes import BenchServices, Pipeline
+from app.devtools.bench.report import render
+from app.devtools.bench.scenarios import RunFigures
+from app.devtools.bench.workload import ndjson, ndjson_of_size
 from app.settings import get_settings
 
 # The goals the figures are held against (issue: throughput on 2 cores).

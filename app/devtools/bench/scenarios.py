@@ -13,8 +13,8 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.bench.processes import Pipeline, rss_bytes
-from app.bench.workload import (
+from app.devtools.bench.processes import Pipeline, rss_bytes
+from app.devtools.bench.workload import (
     DIRTY_CHECK,
     RECORDS,
     SECONDS,

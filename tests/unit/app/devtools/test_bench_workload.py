@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from app.bench.report import render
-from app.bench.workload import (
+from app.devtools.bench.report import render
+from app.devtools.bench.workload import (
     RECORDS,
     SECONDS,
     copy_rows,

@@ -8,7 +8,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from app.devauth import (
+from app.devtools.devauth import (
     DEV_AUDIENCE,
     DEV_ISSUER,
     DevAuthError,
