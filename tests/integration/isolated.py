@@ -90,7 +90,11 @@ class IsolatedStack:
         process.wait()
 
     def stop(self) -> None:
-        """Stop everything this stack started and delete its data."""
+        """Stop everything this stack started and delete its data (its processes are
+        killed: nothing of this stack outlives the test, so a graceful stop only costs time)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
         stop_processes(self.processes)
         if self.embedded is not None:
             self.embedded.stop()

@@ -76,17 +76,17 @@ async def test_worker_killed_three_times_and_restarted_at_once_completes_exactly
     worker = stack.spawn("worker")
     http = session_for(stack)
     tag = f"crash-{uuid.uuid4().hex[:6]}"
-    body, invalid = big_job(tag, 200_000)
+    body, invalid = big_job(tag, 120_000)
     accepted = await submit(http, body)
     progress = 0
     for _ in range(3):
-        progress = (await wait_progress(http, accepted["job_id"], progress + 20_000))["counts"]["succeeded"]
+        progress = (await wait_progress(http, accepted["job_id"], progress + 15_000))["counts"]["succeeded"]
         stack.kill(worker)
         assert (await job_of(http, accepted["job_id"]))["state"] == "processing"
         # Restarted at once, while the dead member still holds its place in the group:
         # the new one claims the partitions in the database and continues from there.
         worker = stack.spawn("worker")
-    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 200_000, invalid)
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 120_000, invalid)
 
 
 async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
@@ -101,7 +101,7 @@ async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
     await wait_terminal(http, warm["job_id"], wait_s=120)
     await asyncio.sleep(6)  # both workers in the group
     tag = f"frozen-{uuid.uuid4().hex[:6]}"
-    body, invalid = big_job(tag, 200_000)
+    body, invalid = big_job(tag, 120_000)
     accepted = await submit(http, body)
     await wait_progress(http, accepted["job_id"], 30_000)
     # Frozen mid-write (a long pause, a VM stall): its session times out, the other worker
@@ -109,16 +109,16 @@ async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
     # it must not write anything the new owner writes too.
     frozen.send_signal(signal.SIGSTOP)
     try:
-        await asyncio.sleep(12)
+        await asyncio.sleep(10)
     finally:
         frozen.send_signal(signal.SIGCONT)
-    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 200_000, invalid)
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 120_000, invalid)
 
 
 async def test_web_killed_mid_produce_fails_its_job_and_other_jobs_keep_flowing(
     isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
 ) -> None:
-    stack = isolated(submission_timeout_s=30)  # room to parse 1 M records on a slow machine
+    stack = isolated(submission_timeout_s=20)  # room to parse the upload on a slow machine
     dying = stack.spawn("web")
     other_port = str(free_port())
     stack.spawn("web", **{env_var("http_port"): other_port})
@@ -130,7 +130,7 @@ async def test_web_killed_mid_produce_fails_its_job_and_other_jobs_keep_flowing(
         warm = await submit(other, ndjson([reading("warm", 0)]))
         await wait_terminal(other, warm["job_id"], wait_s=120)
         tag = f"dying-{uuid.uuid4().hex[:6]}"
-        n = 1_000_000
+        n = 600_000
         upload = asyncio.create_task(http.post(
             "/v1/bulk-operations", params={"target": "sensor_readings"},
             data=ndjson([reading(tag, i) for i in range(n)]), headers=NDJSON))
@@ -153,7 +153,7 @@ async def test_web_killed_mid_produce_fails_its_job_and_other_jobs_keep_flowing(
             assert time.monotonic() - started < 5, "another job waited for the dead submission"
         assert await conn.fetchval("SELECT state FROM sluice_jobs WHERE job_id = $1", job_id) == "receiving"
         # Failed by its deadline (timeout + grace, database clock); nothing of it applied.
-        deadline = time.monotonic() + 30 + 5 + 15
+        deadline = time.monotonic() + 20 + 5 + 15
         while (state := await conn.fetchval(
                 "SELECT state FROM sluice_jobs WHERE job_id = $1", job_id)) == "receiving":
             assert time.monotonic() < deadline, "the dead submission was never failed"
@@ -341,7 +341,7 @@ async def test_postgresql_outage_longer_than_the_stall_timeout_stalls_then_compl
         async with http.get(f"/v1/bulk-operations/{accepted['job_id']}") as r:
             assert r.status == 503
             assert r.headers["Retry-After"]
-        await asyncio.sleep(25)
+        await asyncio.sleep(15)  # three stall timeouts
     finally:
         postgres.start()
     await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 200_000, invalid)
