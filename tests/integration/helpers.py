@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 REPORTS = "sluice.job-reports"
@@ -111,12 +111,20 @@ async def assert_exactly_once(http: aiohttp.ClientSession, dsn: str, job_id: str
         await conn.close()
 
 
+def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
+    """A consumer of every partition of ``topic`` from its first offset, without joining a
+    group (a group join costs seconds on the embedded broker)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
+                         "enable.auto.commit": False})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
+    return consumer
+
+
 def reports_for(bootstrap: str, job_ids: set[str], timeout: float = 60
                 ) -> dict[str, list[dict[str, Any]]]:
     """Every report of these jobs on the job-reports topic (read from the beginning)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reports-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([REPORTS])
+    consumer = reader_from_beginning(bootstrap, REPORTS)
     found: dict[str, list[dict[str, Any]]] = {}
     deadline = time.monotonic() + timeout
     try:

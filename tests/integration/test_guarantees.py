@@ -76,17 +76,17 @@ async def test_worker_killed_three_times_and_restarted_at_once_completes_exactly
     worker = stack.spawn("worker")
     http = session_for(stack)
     tag = f"crash-{uuid.uuid4().hex[:6]}"
-    body, invalid = big_job(tag, 120_000)
+    body, invalid = big_job(tag, 100_000)
     accepted = await submit(http, body)
     progress = 0
     for _ in range(3):
-        progress = (await wait_progress(http, accepted["job_id"], progress + 15_000))["counts"]["succeeded"]
+        progress = (await wait_progress(http, accepted["job_id"], progress + 12_000))["counts"]["succeeded"]
         stack.kill(worker)
         assert (await job_of(http, accepted["job_id"]))["state"] == "processing"
         # Restarted at once, while the dead member still holds its place in the group:
         # the new one claims the partitions in the database and continues from there.
         worker = stack.spawn("worker")
-    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 120_000, invalid)
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 100_000, invalid)
 
 
 async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
@@ -101,7 +101,7 @@ async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
     await wait_terminal(http, warm["job_id"], wait_s=120)
     await asyncio.sleep(6)  # both workers in the group
     tag = f"frozen-{uuid.uuid4().hex[:6]}"
-    body, invalid = big_job(tag, 120_000)
+    body, invalid = big_job(tag, 100_000)
     accepted = await submit(http, body)
     await wait_progress(http, accepted["job_id"], 30_000)
     # Frozen mid-write (a long pause, a VM stall): its session times out, the other worker
@@ -112,7 +112,7 @@ async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
         await asyncio.sleep(10)
     finally:
         frozen.send_signal(signal.SIGCONT)
-    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 120_000, invalid)
+    await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 100_000, invalid)
 
 
 async def test_web_killed_mid_produce_fails_its_job_and_other_jobs_keep_flowing(

@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 import fastavro
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
 from tests.integration.conftest import Stack
+from tests.integration.helpers import reader_from_beginning
 
 INPUT = "sluice.input.sensor_readings"
 RESULTS = "sluice.results"
@@ -38,9 +39,7 @@ def avro_record(record: dict[str, Any]) -> bytes:
 def read_outcomes(
     stack: Stack, sensor_prefix: str, expected: int, timeout: float = 90
 ) -> list[dict[str, Any]]:
-    consumer = Consumer({"bootstrap.servers": stack.kafka, "group.id": f"analyst-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([RESULTS])
+    consumer = reader_from_beginning(stack.kafka, RESULTS)
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     try:
