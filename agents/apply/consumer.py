@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 MAX_ENVELOPES_PER_TAKE = 32
 """Envelopes applied per take: several chunks' worth, so that small envelopes (small jobs,
 producer trickles) still make full-size transactions."""
-PARTITION_BUFFER_BYTES = 32 * 1024 * 1024
-"""Per partition, fetched plus held-back envelope bytes above which fetching it pauses."""
+FETCHED_BYTES = 8 * 1024 * 1024
+"""Per partition, envelope bytes fetched but not yet applied above which fetching it pauses."""
+HELD_BACK_BYTES = 32 * 1024 * 1024
+"""Per partition, bytes of envelopes held back for jobs still receiving above which fetching
+it pauses (until those jobs are sealed or failed)."""
 
 
 async def publish_outcomes(result: BatchResult, chunk: Sequence[Envelope]) -> Awaitable[object]:
@@ -89,7 +92,7 @@ class PartitionTask:
             self._buffered_bytes += len(r.value or b"")
         self._next_fetch = fresh[-1].offset + 1
         self._arrived.set()
-        if self._held_bytes() > PARTITION_BUFFER_BYTES:
+        if self._full():
             self._consumer.pause(self.tp)
 
     def _hole_before(self, first: int) -> bool:
@@ -114,9 +117,10 @@ class PartitionTask:
                   expected, first - 1, extra={"alert": "records_lost"})
         return False
 
-    def _held_bytes(self) -> int:
-        waiting = self._applier.waiting_bytes if self._applier is not None else 0
-        return self._buffered_bytes + waiting
+    def _full(self, share: float = 1.0) -> bool:
+        """True if more than ``share`` of either bound is used."""
+        held = self._applier.waiting_bytes if self._applier is not None else 0
+        return self._buffered_bytes > FETCHED_BYTES * share or held > HELD_BACK_BYTES * share
 
     async def run(self) -> None:
         """Claim, seek, then apply takes in log order until cancelled."""
@@ -140,7 +144,7 @@ class PartitionTask:
                 take = self._take()
                 await applier.apply(take)
                 metrics.waiting_envelope_bytes.set(applier.waiting_bytes)
-                if self._held_bytes() <= PARTITION_BUFFER_BYTES // 2:
+                if not self._full(share=0.5):
                     self._consumer.resume(self.tp)
                 if take and applier.position is not None:
                     await self._commit(applier.position)
