@@ -31,7 +31,7 @@ from agents.resources import resources
 from agents.topics import records_topic
 from app import metrics
 from app.faust_app import app, topics
-from app.kafka import security_options
+from app.kafka import GROUP_TIMEOUTS, security_options
 from app.settings import get_settings
 from app.store import jobs as job_store
 from app.topic_ids import TopicIds
@@ -63,10 +63,8 @@ class ProducerRecordForwarder(faust.Service):
             group_id=f"{settings.worker_id}.forwarder",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            rebalance_timeout_ms=5000,
             max_poll_records=FETCH_RECORDS,
+            **GROUP_TIMEOUTS,
             **security_options(settings),
         )
         await self._consumer.start()

@@ -20,6 +20,12 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
+GROUP_TIMEOUTS: dict[str, int] = {
+    "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "rebalance_timeout_ms": 5000}
+"""Consumer-group timeouts of the worker's plain consumers: a new group join costs 3-5 s
+on the embedded broker, and short timeouts keep a rebalance after a death near that."""
+
+
 def security_options(settings: Settings) -> dict[str, Any]:
     """aiokafka client arguments for SASL and/or TLS, from settings; every client uses them.
 

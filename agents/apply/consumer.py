@@ -32,7 +32,7 @@ from agents.resources import resources
 from agents.topics import results_topic
 from app import metrics
 from app.faust_app import app, topics
-from app.kafka import MAX_REQUEST_BYTES, ensure_topics, security_options
+from app.kafka import GROUP_TIMEOUTS, MAX_REQUEST_BYTES, ensure_topics, security_options
 from app.settings import get_settings
 from app.store.positions import Claim, Fenced
 from app.store.sink import BatchResult
@@ -191,10 +191,8 @@ class RecordsConsumer(faust.Service):
             group_id=f"{settings.worker_id}.records",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            rebalance_timeout_ms=5000,
             max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+            **GROUP_TIMEOUTS,
             **security_options(settings),
         )
         await self._consumer.start()

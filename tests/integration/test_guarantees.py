@@ -89,17 +89,22 @@ async def test_worker_killed_three_times_and_restarted_at_once_completes_exactly
     await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 100_000, invalid)
 
 
+async def with_second_worker(stack: IsolatedStack, http: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """Start a second worker and return once both are in the group (joins take seconds here)."""
+    stack.spawn("worker")
+    warm = await submit(http, ndjson([reading(f"warm-{uuid.uuid4().hex[:6]}", i) for i in range(8)]))
+    await wait_terminal(http, warm["job_id"], wait_s=120)
+    await asyncio.sleep(6)
+    return http
+
+
 async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
     isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
 ) -> None:
     stack = isolated()
     stack.spawn("web")
     frozen = stack.spawn("worker")
-    stack.spawn("worker")
-    http = session_for(stack)
-    warm = await submit(http, ndjson([reading(f"warm-{uuid.uuid4().hex[:6]}", i) for i in range(8)]))
-    await wait_terminal(http, warm["job_id"], wait_s=120)
-    await asyncio.sleep(6)  # both workers in the group
+    http = await with_second_worker(stack, session_for(stack))
     tag = f"frozen-{uuid.uuid4().hex[:6]}"
     body, invalid = big_job(tag, 100_000)
     accepted = await submit(http, body)
@@ -303,12 +308,7 @@ async def test_surviving_worker_takes_over_and_completes_exactly_once(
     stack = isolated()
     stack.spawn("web")
     first = stack.spawn("worker")
-    stack.spawn("worker")
-    http = session_for(stack)
-    # Both workers in the group before the job starts (group joins take seconds here).
-    warm = await submit(http, ndjson([reading(f"warm-{uuid.uuid4().hex[:6]}", i) for i in range(8)]))
-    await wait_terminal(http, warm["job_id"], wait_s=120)
-    await asyncio.sleep(6)
+    http = await with_second_worker(stack, session_for(stack))
     tag = f"pair-{uuid.uuid4().hex[:6]}"
     body, invalid = big_job(tag, 200_000)
     accepted = await submit(http, body)
