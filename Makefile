@@ -23,7 +23,7 @@ test: $(STAMP) ## run the whole test suite (embedded services start once per ses
 
 lint: $(STAMP) ## ruff and mypy, as CI would
 	$(BIN)/ruff check .
-	$(BIN)/mypy app agents tables schemas web
+	$(BIN)/mypy app agents schemas web
 
 bench: $(STAMP) ## throughput figures on a stack of its own (no `make run` needed; about 4 min)
 	$(BIN)/sluice bench

@@ -22,14 +22,13 @@ FIRST_RECORD = '{"sensor_id":"s1","value":1.5,"sampled_at":"2023-10-01T12:00:00Z
 
 
 def run_worker(_: argparse.Namespace) -> int:
-    """One Faust worker process: all agents, tables and the sink."""
+    """One Faust worker process: the records consumer, the forwarder and the worker's services."""
     import faust
 
     from agents import (  # noqa: F401
         forward_producer_records,
         maintain_results,
         publish_reports,
-        report_jobs,
     )
     from agents.apply import consumer  # noqa: F401
     from app.faust_app import app

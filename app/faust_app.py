@@ -1,4 +1,4 @@
-"""The one Faust application; agents, tables and services import ``app`` from here."""
+"""The one Faust application: the worker's services and its producer import ``app`` from here."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ def create_app() -> faust.App:
         settings.worker_id,
         broker=brokers,
         broker_credentials=broker_credentials(settings),
-        store=settings.table_store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
@@ -35,9 +34,6 @@ def create_app() -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger=0.005,
-        # Envelopes are up to ~1 MB each: a short buffer bounds the worker's memory and
-        # keeps one busy partition from starving the others.
-        stream_buffer_maxsize=64,
     )
 
 

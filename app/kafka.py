@@ -68,7 +68,7 @@ def broker_credentials(settings: Settings) -> Any:
 
 
 def all_topics(names: TopicNames, targets: list[str]) -> list[str]:
-    """Every topic Sluice owns (Faust creates its changelog topics itself)."""
+    """Every topic Sluice owns."""
     return [names.records, names.results, names.job_reports,
             *(names.input_for(t) for t in targets)]
 

@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     worker_metrics_port: int = 8081
     batch_size: int = Field(1000, ge=500, le=2000)
     flush_interval_s: float = Field(0.2, gt=0, le=5)
-    table_store: str = "memory://"
     db_retry_max_s: float = 30.0
     # A batch the database answers but keeps refusing (lost races, a missing table) is
     # tried this many times, then its records fail with code write_failed. A database that

@@ -27,6 +27,8 @@ class IsolatedStack:
     embedded: EmbeddedStack | None = None
     env: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    killed: set[int] = field(default_factory=set)
+    """Pids this test killed on purpose; any other process that exited crashed."""
     base_url: str = ""
     auth: DevAuth | None = None
 
@@ -83,11 +85,16 @@ class IsolatedStack:
                  "valkey": "EmbeddedValkey"}
         return next(s for s in self.embedded.started if type(s).__name__ == names[kind])
 
-    @staticmethod
-    def kill(process: subprocess.Popen[bytes]) -> None:
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
         """kill -9: no shutdown, no offset commit, no cleanup."""
+        self.killed.add(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+    def crashed(self) -> list[str]:
+        """The web and worker processes that exited without the test killing them."""
+        return [f"{' '.join(map(str, p.args))} (pid {p.pid}, exit {p.returncode})"
+                for p in self.processes if p.pid not in self.killed and p.poll() is not None]
 
     def stop(self) -> None:
         """Stop everything this stack started and delete its data (its processes are

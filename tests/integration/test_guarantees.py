@@ -48,8 +48,12 @@ def isolated() -> Iterator[MakeStack]:
         return stack
 
     yield make
+    crashed = [name for stack in stacks for name in stack.crashed()]
     for stack in stacks:
         stack.stop()
+    # A process that dies of a fault it should ride out is a failure even when the other
+    # processes still finish the job.
+    assert crashed == [], f"processes crashed during the test: {crashed}"
 
 
 @pytest.fixture
@@ -118,6 +122,9 @@ async def test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice(
     finally:
         frozen.send_signal(signal.SIGCONT)
     await assert_exactly_once(http, stack.dsn, accepted["job_id"], tag, 100_000, invalid)
+    # Both workers ride out the takeover and the return (one that died of it would leave
+    # the job to the other, and a second freeze to nobody).
+    assert stack.crashed() == []
 
 
 async def test_web_killed_mid_produce_fails_its_job_and_other_jobs_keep_flowing(

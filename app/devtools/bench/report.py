@@ -11,7 +11,6 @@ STAGE_LABELS = {
     "consume": "consume + decode (worker)",
     "write": "database write (worker)",
     "publish": "publish outcomes (worker)",
-    "progress": "job progress table (worker)",
     "report": "job reports from the outbox (worker)",
 }
 

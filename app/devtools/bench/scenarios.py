@@ -33,7 +33,7 @@ from schemas.vocabulary import TERMINAL_STATES
 
 TARGET = "sensor_readings"
 WEB_STAGES = ("parse", "produce")
-WORKER_STAGES = ("consume", "write", "publish", "progress", "report")
+WORKER_STAGES = ("consume", "write", "publish", "report")
 POLL_S = 0.05
 
 

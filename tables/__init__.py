@@ -1,1 +1,0 @@
-"""Changelog-backed Faust tables, named for the mapping they hold."""
