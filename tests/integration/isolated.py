@@ -93,7 +93,7 @@ class IsolatedStack:
 
     def crashed(self) -> list[str]:
         """The web and worker processes that exited without the test killing them."""
-        return [f"{' '.join(map(str, p.args))} (pid {p.pid}, exit {p.returncode})"
+        return [f"{p.args!s} (pid {p.pid}, exit {p.returncode})"
                 for p in self.processes if p.pid not in self.killed and p.poll() is not None]
 
     def stop(self) -> None:
