@@ -151,6 +151,9 @@ class PartitionTask:
                 if self._buffer:
                     self._arrived.set()
         except Fenced as e:
+            # Another worker claimed the partition, so the group has already moved it
+            # away from this one: the rebalance this worker is about to see revokes this
+            # task, and a new task claims the partition afresh if it comes back here.
             self._consumer.pause(self.tp)
             log.warning("stopped applying: %s", e)
 
