@@ -22,7 +22,7 @@ def test_bench_prints_every_figure_as_json() -> None:
     assert single["states"] == concurrent["states"] == big["states"] == ["completed"]
     assert 0 < big["payload_mb"] <= 0.5 and big["peak_web_rss_mb"] > 10
     stages = {s["stage"]: s for s in single["stages"]}
-    assert set(stages) == {"parse", "produce", "consume", "write", "publish", "progress", "report"}
+    assert set(stages) == {"parse", "produce", "consume", "write", "publish", "report"}
     for stage in ("parse", "produce", "consume", "write"):
         assert stages[stage]["records"] == 4000 and stages[stage]["seconds"] > 0, stage
     assert figures["producers"]["records"] == 300 and figures["producers"]["records_per_s"] > 0
