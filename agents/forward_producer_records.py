@@ -11,6 +11,10 @@ event on this machine (a ceiling near 9,000 records/s before any work). So the
 forwarder is a plain consumer in a group of its own, fetching thousands of messages per
 call, and commits their offsets only once the envelopes made of them are acknowledged
 by the broker: at least once, with the ledger downstream making a repeat harmless.
+
+Each topic accepts the operations ``SLUICE_INPUT_OPERATIONS`` grants its target (inserts
+only by default), and every forwarded batch writes audit lines: see agents/input_audit.py
+for why the producer's principal is only ever an asserted one.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
+from agents.input_audit import InputTally, write_audit
 from agents.producer_records import ProducerRecordDecoder, envelopes_for
 from agents.resources import resources
 from agents.topics import records_topic
 from app import metrics
 from app.faust_app import app, topics
+from app.input_policy import InputOperations
 from app.kafka import GROUP_TIMEOUTS, security_options
 from app.settings import get_settings
 from app.store import jobs as job_store
@@ -123,7 +129,14 @@ class ProducerRecordForwarder(faust.Service):
     @faust.Service.task
     async def _forward(self) -> None:
         await resources.wait_ready()
-        decoder = ProducerRecordDecoder(resources.targets, topics, settings.partitions)
+        operations = InputOperations(settings.input_operations)
+        if unknown := operations.unknown_targets(resources.targets):
+            log.warning("SLUICE_INPUT_OPERATIONS names targets no target file defines",
+                        extra={"targets": unknown})
+        log.info("input topics accept", extra={
+            "input_operations": operations.describe(resources.targets)})
+        decoder = ProducerRecordDecoder(resources.targets, topics, settings.partitions,
+                                        operations=operations)
         next_look = 0.0
         while not self.should_stop:
             assert self._consumer is not None
@@ -162,11 +175,13 @@ async def forward(
     fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], decoder: ProducerRecordDecoder,
     topic_ids: dict[str, str],
 ) -> None:
-    """Send the fetched records as envelopes and wait until the broker has every one."""
+    """Send the fetched records as envelopes, wait until the broker has every one, then
+    write the batch's audit lines (again if the batch is forwarded again: at least once)."""
+    tally = InputTally()
     with metrics.timed_stage("forward", sum(len(m) for m in fetched.values())):
         sent = []
         for partition, envelope in envelopes_for(
-            (m for messages in fetched.values() for m in messages), decoder, topic_ids
+            (m for messages in fetched.values() for m in messages), decoder, topic_ids, tally
         ):
             sent.extend([
                 await records_topic.send(key=str(partition).encode(), value=data, partition=partition,
@@ -175,6 +190,7 @@ async def forward(
             ])
             metrics.records_received.labels(envelope.target, "kafka").inc(len(envelope.items))
         await asyncio.gather(*sent)
+    write_audit(tally)
 
 
 forwarder = ProducerRecordForwarder()

@@ -1,8 +1,10 @@
 """Pure parts of the producer-record forwarder: one message in, one envelope item out.
 
 Producer messages carry one record each, JSON or (by content-type header) schemaless
-Avro; the operation comes from a header. A record that cannot be decoded or validated
-becomes a failed item, reported like any other failed record, never dropped.
+Avro; the operation comes from a header, and must be one the topic accepts
+(``SLUICE_INPUT_OPERATIONS``, inserts only by default). A record that cannot be decoded
+or validated, or asks for an operation its topic does not accept, becomes a failed item,
+reported like any other failed record, never dropped and never applied.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import fastavro
 import orjson
 from aiokafka import ConsumerRecord
 
+from agents.input_audit import InputTally, asserted_principal
+from app.input_policy import OPERATION_NOT_ALLOWED, InputOperations
 from app.topics import TopicNames
 from schemas.envelope import Envelope, Item
 from schemas.preparation import OPERATIONS, RecordPreparer
@@ -24,6 +28,7 @@ OPERATION_HEADER = "sluice-operation"
 CONTENT_TYPE_HEADER = "content-type"
 AVRO_CONTENT_TYPES = frozenset({"application/avro", "avro/binary"})
 DEFAULT_OPERATION = "insert"
+
 
 def _header(headers: Any, name: str) -> str | None:
     for key, value in headers or ():
@@ -50,9 +55,11 @@ def _plain_avro_schema(target: Target) -> Any:
 class ProducerRecordDecoder:
     """Decodes one producer message into an item for the records topic."""
 
-    def __init__(self, targets: dict[str, Target], topics: TopicNames, partitions: int) -> None:
+    def __init__(self, targets: dict[str, Target], topics: TopicNames, partitions: int, *,
+                 operations: InputOperations) -> None:
         self._partitions = partitions
         self._target_of_topic = {topics.input_for(name): t for name, t in targets.items()}
+        self._accepted = {topics.input_for(name): operations.accepted(name) for name in targets}
         self._avro = {name: _plain_avro_schema(t) for name, t in targets.items()}
         self._preparers: dict[tuple[str, str], RecordPreparer] = {}
 
@@ -68,6 +75,14 @@ class ProducerRecordDecoder:
             return DEFAULT_OPERATION, offset % self._partitions, Item(
                 offset, None, "unknown_operation",
                 f"header {OPERATION_HEADER} must be one of {', '.join(OPERATIONS)}",
+            )
+        accepted = self._accepted[topic]
+        if operation not in accepted:
+            # Under its own operation, so that the audit and the results say what was asked.
+            return operation, offset % self._partitions, Item(
+                offset, None, OPERATION_NOT_ALLOWED,
+                f"this input topic does not accept {operation}; it accepts "
+                f"{', '.join(sorted(accepted)) or 'nothing'} (SLUICE_INPUT_OPERATIONS)",
             )
         preparer = self._preparers.get((target.name, operation))
         if preparer is None:
@@ -94,9 +109,10 @@ def stream_job_id(topic: str, partition: int, topic_id: str) -> str:
 
 def envelopes_for(
     messages: Iterable[ConsumerRecord[bytes, bytes]], decoder: ProducerRecordDecoder,
-    topic_ids: Mapping[str, str],
+    topic_ids: Mapping[str, str], tally: InputTally | None = None,
 ) -> list[tuple[int, Envelope]]:
     """Producer messages as envelopes, in log order; ``topic_ids`` names each topic's incarnation.
+    Each record is also counted in ``tally``, if given, for the audit line.
 
     Records of one source partition bound for one records partition are packed in runs
     of one operation: an operation change starts a new envelope, so that an insert, a
@@ -123,4 +139,7 @@ def envelopes_for(
                 source_partition=message.partition,
             )))
         run[1].append(item)
+        if tally is not None:
+            tally.count(message.topic, decoder.target_for(message.topic).name, operation,
+                        asserted_principal(message.headers), item)
     return envelopes

@@ -17,6 +17,8 @@ from app.settings import LOOPBACK_HOSTS, Settings, env_var, get_settings
 
 log = logging.getLogger("sluice")
 
+DEV_INPUT_OPERATIONS = "*=insert,upsert,delete"
+"""What `sluice run`'s input topics accept unless SLUICE_INPUT_OPERATIONS says otherwise."""
 FIRST_RECORD = '{"sensor_id":"s1","value":1.5,"sampled_at":"2023-10-01T12:00:00Z"}'
 """The record `sluice run` suggests submitting first."""
 
@@ -79,6 +81,14 @@ def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
     return dev_environment(dev, settings.access_policy_file), dev_token(dev, settings)
 
 
+def _ops_line(settings: Settings) -> str:
+    """Where the stack's operational endpoints are (metrics have ports of their own)."""
+    host = settings.http_host if settings.http_host != "::1" else "[::1]"
+    ports = [("web", settings.web_metrics_port), ("worker", settings.worker_metrics_port)]
+    served = [f"http://{host}:{port}/metrics ({who})" for who, port in ports if port]
+    return ("  readiness: /readyz   metrics: " + ", ".join(served or ["off"]) + "\n")
+
+
 def run_all(args: argparse.Namespace) -> int:
     """Embedded services (unless configured), topics, tables, a worker and the web server."""
     from app.devtools.embedded import EmbeddedStack, child_environment, stop_processes, wait_for_port
@@ -110,6 +120,9 @@ def run_all(args: argparse.Namespace) -> int:
         env = child_environment(stack.start())
         auth_env, token = _local_auth(settings)
         env.update(auth_env)
+        # Like the dev policy, which grants the dev role everything: the README's producer
+        # example upserts. A deployment's input topics take inserts only unless configured.
+        env.setdefault(env_var("input_operations"), DEV_INPUT_OPERATIONS)
         targets = sorted(load_targets(settings.targets_dir))
         asyncio.run(ensure_topics(env[env_var("kafka_bootstrap")],
                                   all_topics(TopicNames(settings.topic_prefix), targets),
@@ -133,7 +146,8 @@ def run_all(args: argparse.Namespace) -> int:
             f"       --data-binary $'{FIRST_RECORD}\\n'\n"
             f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID\n"
             f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID/results\n\n"
-            f"  Kafka bootstrap: {env[env_var('kafka_bootstrap')]}   targets: {', '.join(targets)}\n",
+            f"  Kafka bootstrap: {env[env_var('kafka_bootstrap')]}   targets: {', '.join(targets)}\n"
+            f"{_ops_line(settings)}",
             flush=True,
         )
         while not stopping and all(c.poll() is None for c in children):

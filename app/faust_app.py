@@ -22,7 +22,7 @@ def create_app() -> faust.App:
         broker_credentials=broker_credentials(settings),
         datadir=str(datadir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         # Faust's own web server is off: the worker exposes /metrics on its own port.
         web_enabled=False,
         # A new group join costs 3-5 s on the embedded broker; short timeouts keep

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from app.settings import Settings, get_settings
 from app.topics import TopicNames
@@ -73,21 +74,56 @@ def all_topics(names: TopicNames, targets: list[str]) -> list[str]:
             *(names.input_for(t) for t in targets)]
 
 
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
+
+
+def topic_specs(topics: list[str], settings: Settings) -> list[NewTopic]:
+    """How Sluice's topics are created: partitions, replicas, and the in-sync replicas an
+    acks=all write needs (a topic setting, so it holds whatever the broker default is)."""
+    return [
+        NewTopic(topic, num_partitions=settings.partitions,
+                 replication_factor=settings.topic_replication_factor,
+                 topic_configs={MIN_INSYNC_REPLICAS: str(settings.topic_min_insync_replicas)})
+        for topic in topics
+    ]
+
+
+def topic_creation_failures(topic_errors: Iterable[tuple[Any, ...]]) -> dict[str, str]:
+    """Topic -> error from a CreateTopics answer, which reports errors instead of raising them.
+
+    Entries are (topic, error_code[, error_message]): version 0 of the answer has no message.
+    Already-exists is not a failure: another process created it between our list and create.
+    """
+    failures: dict[str, str] = {}
+    for topic, code, *rest in topic_errors:
+        message = rest[0] if rest else None
+        error = for_code(code)
+        if code != 0 and error is not TopicAlreadyExistsError:
+            failures[topic] = f"{error.__name__}: {message or error.description}"
+    return failures
+
+
 async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    """Create missing topics; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security_options(get_settings()))
+    """Create missing topics as ``topic_specs`` says; existing ones are left as they are.
+
+    A topic the cluster refuses (say three replicas on fewer brokers) stops the caller:
+    running on without it would lose every record sent to it.
+    """
+    settings = get_settings().model_copy(update={"partitions": partitions})
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
-                )
-            except TopicAlreadyExistsError:
-                pass  # another process created them between our list and create
-            log.info("created topics %s", missing)
+            response = await admin.create_topics(topic_specs(missing, settings))
+            failures = topic_creation_failures(response.topic_errors)
+            if failures:
+                log.error("topics not created", extra={"failures": failures})
+                raise SystemExit(f"could not create topics: {failures}")
+            log.info("created topics", extra={
+                "topics": missing, "replication_factor": settings.topic_replication_factor,
+                "min_insync_replicas": settings.topic_min_insync_replicas})
     finally:
         await admin.close()
 

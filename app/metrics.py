@@ -72,9 +72,17 @@ stage_seconds = Counter(
 stage_records = Counter(
     "sluice_stage_records_total", "Records that went through each pipeline stage.", ["stage"]
 )
-rate_limit_fail_open = Counter(
-    "sluice_rate_limit_fail_open_total",
-    "Rate-limit checks let through because Redis did not answer.",
+rate_limit_fallback = Counter(
+    "sluice_rate_limit_fallback_total",
+    "Rate-limit checks made in-process because Redis was unreachable or answered an error "
+    "(out of memory, cluster, script); alert on any increase of reason=\"error\".",
+    ["reason"],
+)
+admission_refused = Counter(
+    "sluice_admission_refused_total",
+    "Submissions refused before their body was read: upload slots or queued records, of the "
+    "whole service or of the caller's tenant.",
+    ["reason"],
 )
 auth_failures = Counter(
     "sluice_auth_failures_total", "Requests refused by authentication or authorisation.", ["status"]

@@ -2,23 +2,56 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.input_policy import parse_input_operations
 from schemas.targets import BUILTIN_TARGETS_DIR
+from schemas.vocabulary import Operation
 
 ENV_PREFIX = "SLUICE_"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 IDEMPOTENCY_LEASE_GRACE_S = 15
+TENANT_SHARE_DIVISOR = 4
+"""A tenant's default share of upload slots and queued records: a quarter of the service's."""
 
 
 def env_var(field_name: str) -> str:
     """The environment variable that sets a Settings field."""
     return ENV_PREFIX + field_name.upper()
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why a key-set URL is refused, or None: https, or plain http to this host only.
+
+    Whoever can alter a key set fetched in clear can sign tokens for every tenant.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "SLUICE_AUTH_JWKS_URL must be https: it is not a URL"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host and _is_loopback(host):
+        return None
+    return ("SLUICE_AUTH_JWKS_URL must be https (plain http only to 127.0.0.1, ::1 or "
+            "localhost): a key set fetched in clear could be replaced on the way")
 
 
 class Settings(BaseSettings):
@@ -47,19 +80,43 @@ class Settings(BaseSettings):
     # --- HTTP ingress ---
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # Prometheus metrics of the web process, on a port of their own (0: not served), as the
+    # worker's: the API port answers clients only, and a scrape runs no query.
+    web_metrics_port: int = Field(8082, ge=0, le=65535)
+    # /readyz answers from a check at most this old: a flood of probes cannot turn into
+    # a flood of PostgreSQL, Redis and Kafka round trips.
+    readiness_cache_s: float = Field(2.0, ge=0)
     max_body_bytes: int = 100 * 1024 * 1024
+    # One record (JSON element, NDJSON line, CSV row): these bound what a request holds in
+    # memory. Bytes stay well under one Kafka message (16 MiB request, 900 kB envelope).
+    max_record_bytes: int = Field(1024 * 1024, ge=1024, le=8 * 1024 * 1024)
+    # Values in one record at any depth (or CSV columns): PostgreSQL tables have <= 1600.
+    max_record_fields: int = Field(1600, ge=1, le=100_000)
     submission_timeout_s: float = 30.0
     idempotency_ttl_s: int = 24 * 3600
     max_concurrent_uploads: int = Field(200, ge=1)
     # Backpressure: refuse new submissions while this much is queued behind the ingress.
     max_queue_records: int = Field(5_000_000, ge=1)
+    # One tenant's share of both (unset: a quarter of the service's), so that no tenant can
+    # take every slot or fill the whole queue; over its share, a tenant alone gets 429.
+    max_tenant_uploads: int | None = Field(None, ge=1)
+    max_tenant_queue_records: int | None = Field(None, ge=1)
     # A job with no progress for this long is marked stalled (reason, gauge, error log);
     # it is never failed for it: its records were accepted.
     job_stall_timeout_s: float = Field(300.0, gt=0)
+    # A results listing whose client takes longer than this to accept one page (about
+    # 100 KB) is ended and its connection dropped: a client that stops reading holds a
+    # socket and one page of memory for at most this long, never a database connection.
+    results_send_timeout_s: float = Field(30.0, gt=0)
 
     # --- topics ---
     topic_prefix: str = "sluice"
     partitions: int = Field(4, ge=1, le=256)
+    # Copies of each partition, and how many must hold a record before acks=all answers.
+    # 1 and 1 suit the single embedded broker; production sets 3 and 2 (deploy/compose.yaml),
+    # so one broker can be lost without losing a record or refusing writes.
+    topic_replication_factor: int = Field(1, ge=1, le=32)
+    topic_min_insync_replicas: int = Field(1, ge=1, le=32)
 
     # --- worker ---
     worker_id: str = "sluice-worker"
@@ -79,6 +136,12 @@ class Settings(BaseSettings):
     report_poll_s: float = Field(0.5, gt=0)
     # Days of per-record outcomes kept in sluice_record_results (whole days are dropped).
     results_retention: int = Field(7, ge=1)
+    # What each producer input topic (sluice.input.<target>) accepts, as
+    # "target=insert,upsert;other=insert" ("*" for every other target). Unset: inserts
+    # only; a record asking for more fails with operation_not_allowed (app/input_policy.py).
+    input_operations: Annotated[
+        dict[str, frozenset[Operation]], NoDecode, BeforeValidator(parse_input_operations)
+    ] = Field(default_factory=dict)
     # --- authentication and authorisation: always on for /v1, there is no off switch ---
     # Verification keys: a JWKS file or an https URL (one of them; `sluice run` generates a
     # local dev JWKS when neither is set).
@@ -108,6 +171,11 @@ class Settings(BaseSettings):
     rate_records_burst: int = Field(20_000_000, ge=1)
     rate_principal_records_per_s: float = Field(200_000.0, gt=0)
     rate_principal_records_burst: int = Field(5_000_000, ge=1)
+    # Every principal of one tenant together (per-tenant overrides go in the access policy).
+    rate_tenant_requests_per_s: float = Field(2500.0, gt=0)
+    rate_tenant_requests_burst: int = Field(5000, ge=1)
+    rate_tenant_records_per_s: float = Field(500_000.0, gt=0)
+    rate_tenant_records_burst: int = Field(10_000_000, ge=1)
 
     # --- TLS for the HTTP server (TLS 1.3 only when set) ---
     tls_cert_file: Path | None = None
@@ -120,11 +188,29 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
 
+    @model_validator(mode="after")
+    def _min_insync_within_replicas(self) -> Settings:
+        """More in-sync replicas than copies would refuse every acks=all write."""
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError("SLUICE_TOPIC_MIN_INSYNC_REPLICAS must not exceed "
+                             "SLUICE_TOPIC_REPLICATION_FACTOR")
+        return self
+
     @property
     def idempotency_lease_s(self) -> int:
         """How long an in-flight Idempotency-Key claim lives: a submission's deadline plus
         time to seal and answer. After a crash, a retry waits at most this long."""
         return int(self.submission_timeout_s) + IDEMPOTENCY_LEASE_GRACE_S
+
+    @property
+    def tenant_upload_slots(self) -> int:
+        """Concurrent uploads one tenant may hold."""
+        return self.max_tenant_uploads or max(1, self.max_concurrent_uploads // TENANT_SHARE_DIVISOR)
+
+    @property
+    def tenant_queue_records(self) -> int:
+        """Queued records above which one tenant's new submissions are refused."""
+        return self.max_tenant_queue_records or max(1, self.max_queue_records // TENANT_SHARE_DIVISOR)
 
     @property
     def tls_enabled(self) -> bool:
@@ -137,6 +223,8 @@ class Settings(BaseSettings):
         if (self.auth_jwks_file is None) == (self.auth_jwks_url is None):
             problems.append("set exactly one of SLUICE_AUTH_JWKS_FILE or SLUICE_AUTH_JWKS_URL "
                             "(`sluice run` generates a local dev key set)")
+        if self.auth_jwks_url is not None and (problem := jwks_url_problem(self.auth_jwks_url)):
+            problems.append(problem)
         if not self.auth_issuer or not self.auth_audience:
             problems.append("set SLUICE_AUTH_ISSUER and SLUICE_AUTH_AUDIENCE")
         if self.access_policy_file is None:

@@ -164,6 +164,11 @@ ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS stalled_since timestamptz;
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS request_fingerprint text;
 CREATE INDEX IF NOT EXISTS sluice_jobs_idempotency_key
     ON sluice_jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- Unfinished jobs only (the states of app/store/jobs.py's _RUNNING): the backlog that
+-- admission control and the queue gauges read, and the stall sweep, without scanning the
+-- finished jobs kept for the whole results retention.
+CREATE INDEX IF NOT EXISTS sluice_jobs_unfinished
+    ON sluice_jobs (accepted_at) WHERE state IN ('accepted', 'processing');
 CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
     consumer_group text NOT NULL,
     topic          text NOT NULL,

@@ -19,6 +19,7 @@ from app.errors import SluiceError
 __all__ = [
     "BUILTIN_TARGETS_DIR",
     "KEY_ATTRIBUTE",
+    "RESERVED_TABLE_PREFIXES",
     "Column",
     "ColumnType",
     "Target",
@@ -83,6 +84,12 @@ _LOGICAL: Final[dict[tuple[str, str], ColumnType]] = {
 
 RESERVED_PREFIX: Final = "_sluice"
 """Column names Sluice keeps for itself (the tenant column, staging's position column)."""
+
+RESERVED_TABLE_PREFIXES: Final = ("sluice_", "_sluice", "pg_")
+"""Target (table) names Sluice refuses: ``sluice_*`` are its own tables, their indexes and
+the outcome ledger's day partitions, ``_sluice*`` its staging tables, and ``pg_*`` are
+PostgreSQL's catalogs, which ``pg_catalog`` (searched first) would answer in a target's place.
+A target with such a name would write into, or read from, something that is not its table."""
 
 
 class TargetSchemaError(SluiceError):
@@ -196,6 +203,10 @@ def _parse(where: str, document: object) -> Target:
     if document.get("type") != "record":
         raise TargetSchemaError(f'{where}: the schema must have "type": "record"')
     name = _identifier(where, "record name", document.get("name"))
+    if name.startswith(RESERVED_TABLE_PREFIXES):
+        raise TargetSchemaError(
+            f"{where}: target {name!r} is a reserved name: names starting with "
+            f"{', '.join(repr(p) for p in RESERVED_TABLE_PREFIXES)} belong to Sluice or PostgreSQL")
     fields = document.get("fields")
     if not isinstance(fields, list) or not fields:
         raise TargetSchemaError(f"{where}: the record needs a non-empty fields list")

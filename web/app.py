@@ -21,10 +21,12 @@ from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
 from web import views
 from web.access import PolicyError, load_policy
-from web.admission import Admission, Backlog
+from web.admission import Admission, Backlog, Shares
 from web.idempotency import IdempotencyStore
+from web.metrics_server import metrics_app, metrics_site, refresh_queue_gauges
 from web.problems import problem_middleware
 from web.ratelimit import RateLimiter
+from web.readiness import CachedReadiness, readiness_key, service_probe
 from web.security import auth_middleware, build_guard, guard_key, security_headers
 from web.submission import SubmissionContext
 from web.typedefs import (
@@ -62,12 +64,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[guard_key].limiter = RateLimiter(client)
 
     async def read_backlog() -> Backlog:
-        records, age = await jobs.pending_work(pool)
-        return Backlog(records, age)
+        by_tenant, age = await jobs.pending_work_by_tenant(pool)
+        return Backlog(sum(by_tenant.values()), age, by_tenant)
 
     app[admission_key] = Admission(
-        max_streams=settings.max_concurrent_uploads,
-        max_queue_records=settings.max_queue_records,
+        shares=Shares(
+            max_streams=settings.max_concurrent_uploads,
+            max_tenant_streams=settings.tenant_upload_slots,
+            max_queue_records=settings.max_queue_records,
+            max_tenant_queue_records=settings.tenant_queue_records,
+        ),
         read_backlog=read_backlog,
     )
     app[submission_key] = SubmissionContext(
@@ -75,14 +81,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         records_topic=names.records, partitions=settings.partitions,
         batch_size=settings.batch_size, spool_dir=settings.data_dir / "spool",
     )
+    app[readiness_key] = CachedReadiness(service_probe(pool, client, producer),
+                                         ttl_s=settings.readiness_cache_s)
     sweeper = asyncio.create_task(_sweep_stalled_jobs(pool, settings.job_stall_timeout_s))
+    gauges = asyncio.create_task(refresh_queue_gauges(app[admission_key].backlog))
     log.info("web resources ready", extra={"targets": sorted(targets)})
     try:
         yield
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, gauges):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await producer.stop()
         await client.aclose()
         await pool.close()
@@ -135,11 +145,12 @@ def create_web_app(settings: Settings) -> web.Application:
     app[guard_key] = build_guard(settings, access)
     app.on_response_prepare.append(security_headers(settings.tls_enabled))
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(metrics_site(settings.http_host, settings.web_metrics_port,
+                                        metrics_app(views.prometheus_metrics)))
     app.router.add_post("/v1/bulk-operations", views.submit_bulk_operation)
     app.router.add_get("/v1/bulk-operations/{job_id}", views.get_bulk_operation)
     app.router.add_delete("/v1/bulk-operations/{job_id}", views.abort_bulk_operation)
     app.router.add_get("/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/metrics", views.prometheus_metrics)
     return app

@@ -7,6 +7,7 @@ public key could forge), the configured issuer and audience, and short lifetimes
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,14 +75,29 @@ def _strings(value: Any) -> frozenset[str]:
     return frozenset()
 
 
+def numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """A time claim as seconds, None when absent; AuthError unless a finite JSON number.
+
+    RFC 7519 NumericDate is a number. PyJWT's checks accept ``"9999999999"`` (it calls
+    ``int()``), so the lifetime arithmetic below must not trust the type it gets.
+    """
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AuthError(f"the {name!r} claim must be a number")
+    return float(value)
+
+
 def principal_from_claims(claims: dict[str, Any], policy: TokenPolicy, now: float) -> Principal:
     """Check lifetime and required claims of verified claims; build the Principal."""
-    exp, iat = claims["exp"], claims["iat"]
-    if not isinstance(iat, int | float) or iat > now + policy.leeway_s:
+    exp, iat = numeric_date(claims, "exp"), numeric_date(claims, "iat")
+    nbf = numeric_date(claims, "nbf")
+    if exp is None or iat is None:
+        raise AuthError("token lacks the 'exp' or 'iat' claim")
+    if iat > now + policy.leeway_s:
         raise AuthError("token issued in the future")
-    starts = [iat]
-    if "nbf" in claims and isinstance(claims["nbf"], int | float):
-        starts.append(claims["nbf"])
+    starts = [iat] if nbf is None else [iat, nbf]
     if exp - min(starts) > policy.max_lifetime_s:
         raise AuthError("token lifetime exceeds the maximum")
     subject = claims.get("sub")

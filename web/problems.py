@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_BASE = "https://sluice.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+MAX_DETAIL_CHARS = 512
+"""A detail longer than this is cut: the last guard against echoing a client value whole
+(each echo is already cut short by ``web.echo.echo``)."""
 
 
 class Problem(SluiceError):
@@ -33,6 +36,8 @@ class Problem(SluiceError):
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS] + "…"
         super().__init__(detail)
         self.status = status
         self.title = title
@@ -66,9 +71,6 @@ DEPENDENCY_DOWN = (
 )
 """Errors that mean PostgreSQL or Redis is down (not that the request is wrong): 503."""
 
-_PAYLOAD_SLUGS = {400: "malformed-payload", 413: "payload-too-large",
-                  415: "unsupported-media-type", 422: "unprocessable-payload"}
-
 
 @web.middleware
 async def problem_middleware(
@@ -81,7 +83,7 @@ async def problem_middleware(
         return problem_response(p, request.path)
     except PayloadError as e:
         return problem_response(
-            Problem(e.status, e.title, e.detail, slug=_PAYLOAD_SLUGS.get(e.status)), request.path
+            Problem(e.status, e.title, e.detail, slug=e.problem), request.path
         )
     except DEPENDENCY_DOWN as e:
         log.warning("dependency unavailable", extra={"path": request.path,

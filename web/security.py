@@ -2,8 +2,8 @@
 
 Authentication and the per-request rate limit run in a middleware for every ``/v1/``
 path, before any view code; scopes, target rights and the record rate limit are checked
-by the views, which know what is asked for. ``/healthz``, ``/readyz`` and ``/metrics``
-stay open (restrict ``/metrics`` at the network edge).
+by the views, which know what is asked for. ``/healthz`` and ``/readyz`` stay open;
+``/metrics`` is served on its own port (web/metrics_server.py), never on the API port.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from app import metrics
 from app.settings import Settings
-from web.access import AccessPolicy, is_allowed, limits_for, may_use_target
+from web.access import AccessPolicy, is_allowed, limits_for, may_use_target, tenant_limits_for
 from web.auth import (
     SCOPE_WRITE,
     AuthError,
@@ -29,7 +29,16 @@ from web.auth import (
 )
 from web.jwks import KeySet, file_loader, url_loader
 from web.problems import Problem
-from web.ratelimit import Bucket, Decision, RateLimiter, rate_limit_headers
+from web.ratelimit import (
+    Bucket,
+    Decision,
+    RateLimiter,
+    Resource,
+    Scope,
+    bucket_key,
+    over_burst,
+    rate_limit_headers,
+)
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("sluice.audit")
@@ -58,25 +67,39 @@ class Guard:
     settings: Settings
     limiter: RateLimiter | None = None
 
-    def request_charges(self, principal: Principal) -> list[tuple[Bucket, int]]:
-        """One token from the global and from the principal's request bucket."""
-        s, own = self.settings, limits_for(self.access, principal)
+    def _buckets(self, resource: Resource, principal: Principal) -> list[Bucket]:
+        """The service's, the tenant's and the principal's bucket (tenant + sub: the same
+        sub in another tenant is another principal)."""
+        s, tenant = self.settings, principal.tenant
+        own = limits_for(self.access, principal)
+        whole = tenant_limits_for(self.access, tenant)
+        if resource is Resource.REQUESTS:
+            return [
+                Bucket(bucket_key(resource), s.rate_requests_per_s, s.rate_requests_burst),
+                Bucket(bucket_key(resource, tenant),
+                       whole.requests_per_s or s.rate_tenant_requests_per_s,
+                       whole.requests_burst or s.rate_tenant_requests_burst, Scope.TENANT),
+                Bucket(bucket_key(resource, tenant, principal.subject),
+                       own.requests_per_s or s.rate_principal_requests_per_s,
+                       own.requests_burst or s.rate_principal_requests_burst, Scope.PRINCIPAL),
+            ]
         return [
-            (Bucket("requests", s.rate_requests_per_s, s.rate_requests_burst), 1),
-            (Bucket(f"requests:{principal.subject}",
-                    own.requests_per_s or s.rate_principal_requests_per_s,
-                    own.requests_burst or s.rate_principal_requests_burst), 1),
+            Bucket(bucket_key(resource), s.rate_records_per_s, s.rate_records_burst),
+            Bucket(bucket_key(resource, tenant),
+                   whole.records_per_s or s.rate_tenant_records_per_s,
+                   whole.records_burst or s.rate_tenant_records_burst, Scope.TENANT),
+            Bucket(bucket_key(resource, tenant, principal.subject),
+                   own.records_per_s or s.rate_principal_records_per_s,
+                   own.records_burst or s.rate_principal_records_burst, Scope.PRINCIPAL),
         ]
 
+    def request_charges(self, principal: Principal) -> list[tuple[Bucket, int]]:
+        """One token from the service's, the tenant's and the principal's request bucket."""
+        return [(bucket, 1) for bucket in self._buckets(Resource.REQUESTS, principal)]
+
     def record_charges(self, principal: Principal, records: int) -> list[tuple[Bucket, int]]:
-        """``records`` tokens from the global and from the principal's record bucket."""
-        s, own = self.settings, limits_for(self.access, principal)
-        return [
-            (Bucket("records", s.rate_records_per_s, s.rate_records_burst), records),
-            (Bucket(f"records:{principal.subject}",
-                    own.records_per_s or s.rate_principal_records_per_s,
-                    own.records_burst or s.rate_principal_records_burst), records),
-        ]
+        """``records`` tokens (the whole submission) from each of the three record buckets."""
+        return [(bucket, records) for bucket in self._buckets(Resource.RECORDS, principal)]
 
 
 def build_guard(settings: Settings, access: AccessPolicy) -> Guard:
@@ -159,11 +182,28 @@ def check_target(request: web.Request, principal: Principal, target: str, operat
         raise forbidden(f"not allowed to {operation or 'use'} target {target!r}", slug="target-not-allowed")
 
 
+def exceeds_burst(bucket: Bucket, records: int) -> Problem:
+    """413: a submission no bucket refill could ever admit. Charging only the burst would let
+    one principal push any number of records at once; waiting would not help, so there is no
+    Retry-After: the client must split it."""
+    return Problem(413, "Submission exceeds the record burst",
+                   f"the submission holds {records} records, more than the {bucket.burst}-record "
+                   f"burst of the {bucket.scope} record rate limit; split it into submissions of "
+                   f"at most {bucket.burst} records", slug="submission-exceeds-burst",
+                   records=records, burst=bucket.burst, scope=bucket.scope.value)
+
+
 async def charge_records(request: web.Request, principal: Principal, records: int) -> None:
-    """Debit the record buckets; 429 (and nothing produced) when they run dry."""
+    """Debit the whole submission from the record buckets; 413 when it is larger than a
+    bucket's burst, 429 when they run dry (and nothing produced either way)."""
     guard = request.app[guard_key]
     assert guard.limiter is not None
-    decision = await guard.limiter.take(guard.record_charges(principal, records))
+    charges = guard.record_charges(principal, records)
+    too_large = over_burst(charges)
+    if too_large is not None:
+        audit("bulk operation refused", principal, records=records, outcome="exceeds-burst")
+        raise exceeds_burst(too_large[0], records)
+    decision = await guard.limiter.take(charges)
     if not decision.allowed:
         audit("bulk operation refused", principal, records=records, outcome="rate-limited")
         raise too_many_requests(decision, "records")

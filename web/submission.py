@@ -14,13 +14,13 @@ import struct
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from app import metrics
 from app.store import jobs
@@ -34,8 +34,9 @@ from schemas.envelope import (
 )
 from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
+from web.echo import echo
 from web.idempotency import Fingerprint
-from web.payloads import MalformedRecord, PayloadReader
+from web.payloads import MalformedRecord, PayloadProblem, PayloadReader, RecordCode
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,15 @@ class Accepted:
     records: int
 
 
+def known_target(targets: dict[str, Target], name: str) -> Target:
+    """The target of that name; 422 unknown-target (the name echoed cut short) otherwise."""
+    target = targets.get(name)
+    if target is None:
+        raise Problem(422, "Unknown target", f"no target named {echo(name)}",
+                      slug="unknown-target", known_targets=sorted(targets))
+    return target
+
+
 def resolve_target(
     targets: dict[str, Target],
     query_target: str | None, query_operation: str | None,
@@ -104,44 +114,75 @@ def resolve_target(
                        ("operation", query_operation, body_operation)):
         if q and b and q != b:
             raise Problem(422, "Conflicting parameters",
-                          f"{name} is {q!r} in the query string but {b!r} in the body",
+                          f"{name} is {echo(q)} in the query string but {echo(b)} in the body",
                           slug="conflicting-parameters")
     target_name = query_target or body_target
     operation = query_operation or body_operation or "insert"
     if not target_name:
         raise Problem(422, "Missing target", "give ?target=NAME or \"target\" in the body",
                       slug="missing-target")
-    if target_name not in targets:
-        raise Problem(422, "Unknown target", f"no target named {target_name!r}",
-                      slug="unknown-target", known_targets=sorted(targets))
+    target = known_target(targets, target_name)
     if operation not in OPERATIONS:
         raise Problem(422, "Unknown operation",
                       f"operation must be one of {', '.join(OPERATIONS)}", slug="unknown-operation")
-    return targets[target_name], operation
+    return target, operation
+
+
+Authorize = Callable[[str, str], None]
+"""Raises (403) unless the caller may run the operation on the target."""
+
+
+def fail_alone_if_oversize(
+    codec: EnvelopeCodec, part: Envelope, data: bytes
+) -> tuple[Envelope, bytes]:
+    """A one-record envelope still over one Kafka message: that record fails instead.
+
+    ``encode_bounded`` halves envelopes down to single records; one record alone over
+    MAX_ENVELOPE_BYTES would be refused by the broker and sink the whole job with it.
+    """
+    if len(data) <= MAX_ENVELOPE_BYTES:
+        return part, data
+    failed = replace(part, items=[
+        Item(item.index, None, RecordCode.TOO_LARGE,
+             f"record {item.index}: over {MAX_ENVELOPE_BYTES} bytes once packed for Kafka")
+        for item in part.items
+    ])
+    return failed, codec.encode(failed)
 
 
 async def spool_payload(
     ctx: SubmissionContext, reader: PayloadReader, job_id: str,
     query_target: str | None, query_operation: str | None, spool: Spool,
+    authorize: Authorize | None = None,
 ) -> tuple[Target, str, int]:
-    """Decode, validate and pack every record; return (target, operation, record count)."""
+    """Decode, validate and pack every record; return (target, operation, record count).
+
+    Target and operation are resolved, and ``authorize``d, as soon as the body has settled
+    them and before any record is read: a refused request costs no more than its head.
+    """
     buffers: list[list[Item]] = [[] for _ in range(ctx.partitions)]
     preparer: RecordPreparer | None = None
     count = 0
+
+    def settle() -> None:
+        nonlocal preparer
+        target, operation = resolve_target(
+            ctx.targets, query_target, query_operation, reader.target, reader.operation
+        )
+        if authorize is not None:
+            authorize(target.name, operation)
+        preparer = RecordPreparer(target, operation, ctx.partitions)
 
     def flush(partition: int) -> None:
         assert preparer is not None
         envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition])
         for part, data in ctx.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES):
+            part, data = fail_alone_if_oversize(ctx.codec, part, data)
             spool.append(partition, data, len(part.items))
         buffers[partition] = []
 
-    async for record in reader.records():
-        if preparer is None:
-            target, operation = resolve_target(
-                ctx.targets, query_target, query_operation, reader.target, reader.operation
-            )
-            preparer = RecordPreparer(target, operation, ctx.partitions)
+    async for record in reader.records(on_settled=settle):
+        assert preparer is not None  # the reader settles before its first record
         if isinstance(record, MalformedRecord):
             partition = record.index % ctx.partitions
             item = Item(record.index, None, record.code, record.message)
@@ -152,13 +193,14 @@ async def spool_payload(
         count += 1
         if len(buffer) >= ctx.batch_size:
             flush(partition)
-    if preparer is None:
+    if preparer is None or not count:
         # No record at all: still check the parameters so a typo gets its own error.
         resolve_target(ctx.targets, query_target, query_operation, reader.target, reader.operation)
         raise Problem(422, "Empty payload", "the payload holds no records", slug="empty-payload")
     for partition, buffer in enumerate(buffers):
         if buffer:
             flush(partition)
+    assert preparer is not None
     return preparer.target, preparer.operation, count
 
 
@@ -183,11 +225,13 @@ async def submit(
     tenant: str | None = None, principal: str | None = None,
     admit: Callable[[str, str, int], Awaitable[None]] | None = None,
     idempotency_key: str | None = None, fingerprint: Fingerprint | None = None,
+    authorize: Authorize | None = None,
 ) -> Accepted:
     """Run one submission to the point where it is safe to answer 202.
 
     One deadline covers the whole submission: a body that does not arrive in time gets
     408, records that Kafka does not take in time get 503; neither leaves anything behind.
+    ``authorize`` runs once target and operation are known, before any record is read.
     """
     job_id = str(uuid.uuid4())
     spool = Spool(ctx.spool_dir)
@@ -197,7 +241,7 @@ async def submit(
             async with asyncio.timeout_at(deadline):
                 with metrics.timed_stage("parse") as stage:
                     target, operation, count = await spool_payload(
-                        ctx, reader, job_id, query_target, query_operation, spool
+                        ctx, reader, job_id, query_target, query_operation, spool, authorize
                     )
                     stage.records = count
         except TimeoutError as e:
@@ -218,10 +262,21 @@ async def submit(
                 with metrics.timed_stage("produce", count):
                     await produce_spool(ctx, spool, job_id)
         except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
-            await asyncio.shield(
-                jobs.fail_submission_now(ctx.pool, job_id, "broker unavailable during submission"))
+            oversize = isinstance(e, MessageSizeTooLargeError | RecordTooLargeError)
+            await asyncio.shield(jobs.fail_submission_now(
+                ctx.pool, job_id, "a message was too large for the broker" if oversize
+                else "broker unavailable during submission"))
             if isinstance(e, asyncio.CancelledError):
                 raise
+            if oversize:
+                # Not an outage: retrying the same records would fail the same way. Only
+                # a broker whose message limit is under MAX_ENVELOPE_BYTES gets here.
+                log.warning("broker refused an envelope as too large",
+                            extra={"job_id": job_id, "error": type(e).__name__,
+                                   "max_envelope_bytes": MAX_ENVELOPE_BYTES})
+                raise Problem(413, "Record too large",
+                              "the broker refused these records as too large for one message; "
+                              "nothing was accepted", slug=PayloadProblem.RECORD_TOO_LARGE) from e
             raise Problem(503, "Broker unavailable",
                           "records could not be written to Kafka; nothing was accepted",
                           slug="broker-unavailable", headers={"Retry-After": "5"}) from e

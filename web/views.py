@@ -19,14 +19,14 @@ from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.payloads import PayloadReader, media_type_for
 from web.problems import Problem
+from web.readiness import readiness_key
+from web.results_stream import stream_results
 from web.security import audit, charge_records, check_target, require_scope
-from web.submission import body_chunks, submit
+from web.submission import body_chunks, known_target, submit
 from web.typedefs import (
     admission_key,
     idempotency_key,
     pool_key,
-    producer_key,
-    redis_key,
     settings_key,
     submission_key,
 )
@@ -131,6 +131,8 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
     query_target = request.query.get("target")
     query_operation = request.query.get("operation")
     if query_target:  # refuse early, before reading the body; checked again once it is parsed
+        # An unknown name is 422 first: the policy check then never repeats a client's string.
+        known_target(request.app[submission_key].targets, query_target)
         check_target(request, principal, query_target,
                      query_operation if query_operation in ("insert", "upsert", "delete") else None)
     key = _idempotency_key(request)
@@ -161,7 +163,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
             return _json(existing.body, existing.status,
                          {"Location": existing.location, "Idempotent-Replayed": "true"})
     try:
-        async with request.app[admission_key].admit():
+        async with request.app[admission_key].admit(principal.tenant) as slot:
             reader = PayloadReader(
                 # Only a keyed request is ever compared with a repeat: hash only those bodies.
                 body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES),
@@ -169,10 +171,13 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                 media_type,
                 content_encoding=request.headers.get("Content-Encoding"),
                 max_bytes=settings.max_body_bytes,
+                max_record_bytes=settings.max_record_bytes,
+                max_record_fields=settings.max_record_fields,
             )
             async def admit(target: str, operation: str, records: int) -> None:
                 check_target(request, principal, target, operation)
                 await charge_records(request, principal, records)
+                slot.charge(records)  # the tenant's queue share counts them from now on
 
             accepted = await submit(
                 request.app[submission_key], reader, query_target, query_operation,
@@ -180,6 +185,9 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                 tenant=principal.tenant, principal=principal.subject, admit=admit,
                 idempotency_key=IdempotencyStore.key_hash(key) if key is not None else None,
                 fingerprint=fingerprint if key is not None else None,
+                # A target named in the body is authorised before its records are read.
+                authorize=lambda target, operation: check_target(
+                    request, principal, target, operation),
             )
     except BaseException:
         if key is not None:
@@ -262,24 +270,12 @@ async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse
                       f"status must be all or one of {', '.join(jobs.RESULT_STATUSES)}",
                       slug="bad-status-filter")
     job = await _existing_job(request, principal.tenant)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    lines: list[bytes] = []
-    async for r in jobs.iter_results(request.app[pool_key], job["job_id"],
-                                     None if status == "all" else status):
-        line: dict[str, Any] = {"index": r["idx"], "status": r["status"],
-                                "key": orjson.Fragment(r["key"]) if r["key"] else None}
-        if r["code"] is not None:
-            line["code"] = r["code"]
-            line["message"] = r["message"]
-        lines.append(orjson.dumps(line))
-        if len(lines) >= 1000:
-            await response.write(b"\n".join(lines) + b"\n")
-            lines.clear()
-    if lines:
-        await response.write(b"\n".join(lines) + b"\n")
-    await response.write_eof()
-    return response
+    # Pages, each read on a connection released before it is written: a client that does
+    # not read holds no database connection, and is dropped after the send timeout.
+    pages = jobs.iter_results(request.app[pool_key], job["job_id"],
+                              None if status == "all" else status, records=job["records_received"])
+    return await stream_results(request, pages, job_id=job["job_id"],
+                                send_timeout_s=request.app[settings_key].results_send_timeout_s)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -287,37 +283,21 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
-async def _check(name: str, probe: Any) -> tuple[str, str]:
-    try:
-        async with asyncio.timeout(2):
-            await probe
-        return name, "ok"
-    except Exception as e:  # noqa: BLE001 - any failure means "not ready"
-        return name, f"unavailable: {type(e).__name__}"
-
-
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: PostgreSQL, Redis and Kafka all answer."""
-    producer = request.app[producer_key]
-    checks = dict(await asyncio.gather(
-        _check("postgresql", request.app[pool_key].fetchval("SELECT 1")),
-        _check("redis", request.app[redis_key].ping()),
-        # A metadata request, not the producer's cache: it fails when the broker is down.
-        _check("kafka", producer.client.fetch_all_metadata()),
-    ))
-    ready = all(v == "ok" for v in checks.values())
-    return _json({"status": "ready" if ready else "unavailable", "checks": checks},
-                 200 if ready else 503)
+    """GET /readyz: PostgreSQL, Redis and Kafka all answer (checked at most every
+    SLUICE_READINESS_CACHE_S; ``Age`` says how long ago)."""
+    cached = request.app[readiness_key]
+    readiness = await cached.get()
+    return _json({"status": "ready" if readiness.ready else "unavailable",
+                  "checks": readiness.by_name},
+                 200 if readiness.ready else 503,
+                 {"Age": str(int(cached.age_s(readiness))), "Cache-Control": "no-store"})
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus text format, queue gauges refreshed on scrape."""
-    try:
-        depth, age = await jobs.pending_work(request.app[pool_key])
-        metrics.queue_depth.set(depth)
-        metrics.oldest_pending_age.set(age)
-    except Exception:  # noqa: BLE001 - metrics must answer even when PostgreSQL does not
-        pass
+    """GET /metrics on the metrics port: Prometheus text format. Runs no query: the queue
+    gauges are kept current by the web process in the background, so scraping costs the
+    database nothing however often it happens."""
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -24,14 +24,14 @@ TEST_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 TEST_POLICY = """
 # Added by the test suite to the generated dev policy.
-[roles.insert-only.targets]
+[all_tenants.roles.insert-only.targets]
 sensor_readings = ["insert"]
 
-[subjects.limited-records.limits]
+[all_tenants.subjects.limited-records.limits]
 records_per_s = 1
 records_burst = 10
 
-[subjects.limited-requests.limits]
+[all_tenants.subjects.limited-requests.limits]
 requests_per_s = 0.02
 requests_burst = 3
 """
@@ -96,10 +96,14 @@ def stack() -> Iterator[Stack]:
     env.update({
         env_var("http_port"): str(port),
         env_var("worker_metrics_port"): str(free_port()),
+        env_var("web_metrics_port"): str(free_port()),
         env_var("max_body_bytes"): str(TEST_MAX_BODY_BYTES),
         env_var("worker_id"): "sluice-test-worker",
         # Envelopes naming a target nobody defines fail after this wait, not the default 60 s.
         env_var("unknown_target_wait_s"): "3",
+        # The write-semantics tests upsert and delete through the input topic; the default
+        # (inserts only) is tested on a stack of its own in test_kafka_producers.py.
+        env_var("input_operations"): "sensor_readings=insert,upsert,delete",
     })
     children = [_spawn("web", env, data / "web.log"), _spawn("worker", env, data / "worker.log")]
     try:

@@ -44,6 +44,7 @@ class IsolatedStack:
             **dev_environment(self.auth),
             env_var("http_port"): str(port),
             env_var("worker_metrics_port"): "0",
+            env_var("web_metrics_port"): "0",
             env_var("worker_id"): f"fault-{uuid.uuid4().hex[:8]}",
             **self.settings,
         }

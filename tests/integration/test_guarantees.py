@@ -487,7 +487,8 @@ async def test_stalled_upload_is_cut_off_and_leaves_nothing(
 async def test_a_job_without_progress_is_flagged_never_failed_and_completes_later(
     isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
 ) -> None:
-    stack = isolated(job_stall_timeout_s=2)
+    metrics_port = free_port()
+    stack = isolated(job_stall_timeout_s=2, web_metrics_port=metrics_port)
     stack.spawn("web")  # and no worker yet: nothing progresses
     http = session_for(stack)
     accepted = await submit(http, ndjson([reading("stuck", i) for i in range(10)]))
@@ -498,7 +499,8 @@ async def test_a_job_without_progress_is_flagged_never_failed_and_completes_late
     assert (job["state"], job["reason"]) == ("accepted", "no progress for 2 s")
     await asyncio.sleep(3)  # well past the stall timeout: still not failed
     assert (await job_of(http, accepted["job_id"]))["state"] == "accepted"
-    async with http.get("/metrics") as r:
+    async with aiohttp.ClientSession() as scraper, \
+            scraper.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
         assert "sluice_stalled_jobs 1.0" in await r.text()
     # New work is still admitted: one old job does not close the door.
     await submit(http, ndjson([reading("stuck-after", 0)]))

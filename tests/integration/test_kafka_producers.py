@@ -7,26 +7,46 @@ import asyncio
 import io
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import fastavro
 import orjson
+import pytest
 from confluent_kafka import Producer
 
+from app.settings import env_var
 from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
 from tests.integration.conftest import Stack
-from tests.integration.helpers import reader_from_beginning
+from tests.integration.helpers import reader_from_beginning, reading
+from tests.integration.isolated import IsolatedStack
 
 INPUT = "sluice.input.sensor_readings"
 RESULTS = "sluice.results"
 
 
 def produce(stack: Stack, messages: list[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
-    producer = Producer({"bootstrap.servers": stack.kafka, "acks": "all"})
+    produce_to(stack.kafka, messages)
+
+
+def produce_to(bootstrap: str, messages: list[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
+    """One partition (one key), in this order."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for value, headers in messages:
         producer.produce(INPUT, value=value, key=b"any-key", headers=headers)
     assert producer.flush(30) == 0
+
+
+def _log_lines(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The JSON log lines of these files (a process may also print plain text, and a
+    terminal escape with no newline before a log line)."""
+    for path in paths:
+        for line in path.read_bytes().splitlines():
+            start = line.find(b'{"ts"')
+            if start >= 0:
+                yield orjson.loads(line[start:])
 
 
 def avro_record(record: dict[str, Any]) -> bytes:
@@ -109,3 +129,48 @@ async def test_an_undecodable_producer_record_is_reported_not_lost(stack: Stack,
         await asyncio.sleep(0.3)
     assert {r["code"] for r in rows} >= {"malformed_record", "wrong_type"}
     assert await db.fetchval("SELECT count(*) FROM sensor_readings WHERE sensor_id = $1", tag) == 1
+
+
+@pytest.mark.slow
+async def test_an_operation_the_input_topic_does_not_accept_fails_and_is_audited() -> None:
+    """Left at its default (SLUICE_INPUT_OPERATIONS unset), an input topic accepts inserts
+    only: an upsert or a delete asked for by header is a failed record, not a write."""
+    stack = IsolatedStack().start()
+    try:
+        stack.spawn("web")  # creates the input topics
+        stack.spawn("worker")
+        kept, upserted = f"kop-{uuid.uuid4().hex[:8]}", f"kop-up-{uuid.uuid4().hex[:8]}"
+        claimed = [("sluice-principal", b"meter-gateway")]
+        await asyncio.to_thread(produce_to, stack.env[env_var("kafka_bootstrap")], [
+            (orjson.dumps(reading(kept, 0)), claimed),
+            (orjson.dumps(reading(upserted, 0)), [("sluice-operation", b"upsert"), *claimed]),
+            (orjson.dumps({"sensor_id": kept, "sampled_at": reading(kept, 0)["sampled_at"]}),
+             [("sluice-operation", b"delete"), *claimed]),
+            (orjson.dumps(reading(kept, 1)), [("sluice-operation", b"insert")]),
+        ])
+        conn = await asyncpg.connect(stack.dsn)
+        try:
+            deadline = time.monotonic() + 90
+            rows: list[asyncpg.Record] = []
+            while time.monotonic() < deadline and len(rows) < 4:
+                rows = await conn.fetch(
+                    "SELECT r.idx, r.status, r.code FROM sluice_record_results r"
+                    " JOIN sluice_jobs j USING (job_id) WHERE j.source = 'kafka' ORDER BY r.idx")
+                await asyncio.sleep(0.3)
+            assert [(r["status"], r["code"]) for r in rows] == [
+                ("succeeded", None), ("failed", "operation_not_allowed"),
+                ("failed", "operation_not_allowed"), ("succeeded", None)]
+            assert await conn.fetchval(
+                "SELECT count(*) FROM sensor_readings WHERE sensor_id = $1", kept) == 2
+            assert await conn.fetchval(
+                "SELECT count(*) FROM sensor_readings WHERE sensor_id = $1", upserted) == 0
+        finally:
+            await conn.close()
+        audit = [doc for doc in _log_lines(stack.data.glob("worker-*.log"))
+                 if doc.get("audit") and doc.get("topic") == INPUT]
+        refused = {(a["operation"], a["records"], a["refused"], a["asserted_principal"])
+                   for a in audit if a["refused"]}
+        assert refused == {("upsert", 1, 1, "meter-gateway"), ("delete", 1, 1, "meter-gateway")}
+        assert all(a["principal_authenticated"] is False for a in audit)
+    finally:
+        stack.stop()

@@ -397,7 +397,8 @@ def dev_run(stack: Stack) -> Iterator[tuple[str, str, Path]]:
     port = free_port()
     env = {k: v for k, v in stack.env.items() if k not in {env_var(n) for n in AUTH_VARS}}
     env.update({env_var("data_dir"): str(data), env_var("http_port"): str(port),
-                env_var("worker_metrics_port"): "0", env_var("worker_id"): f"devrun-{port}",
+                env_var("worker_metrics_port"): "0", env_var("web_metrics_port"): "0",
+                env_var("worker_id"): f"devrun-{port}",
                 env_var("topic_prefix"): f"devrun{port}", "PYTHONUNBUFFERED": "1"})
     out = data / "run.out"
     with open(out, "wb") as f:

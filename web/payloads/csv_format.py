@@ -6,7 +6,7 @@ import csv
 from collections import deque
 
 from web.payloads.lines import TOO_LONG
-from web.payloads.records import MalformedRecord, PayloadError, RawRecord
+from web.payloads.records import MalformedRecord, PayloadError, RawRecord, RecordCode
 
 
 class _LineFeed:
@@ -35,8 +35,9 @@ class CsvFramer:
     group; if it disagrees about where the record ends, the group is malformed.
     """
 
-    def __init__(self, limit: int, dropped_quotes: deque[int]) -> None:
+    def __init__(self, limit: int, dropped_quotes: deque[int], *, max_columns: int) -> None:
         self._limit = limit
+        self._max_columns = max_columns
         self._dropped_quotes = dropped_quotes
         self._feed = _LineFeed()
         self._reader = csv.reader(self._feed, strict=True)
@@ -98,7 +99,7 @@ class CsvFramer:
             if self._header is None:
                 raise PayloadError(422, f"CSV header row exceeds {self._limit} bytes")
             return self._malformed(
-                "record_too_large", f"line {start}: record exceeds {self._limit} bytes"
+                RecordCode.TOO_LARGE, f"line {start}: record exceeds {self._limit} bytes"
             )
         lines = self._feed.lines
         lines.extend(self._group)
@@ -115,7 +116,7 @@ class CsvFramer:
         if problem is not None:
             if self._header is None:
                 raise PayloadError(400, f"CSV header row is malformed: {problem}")
-            return self._malformed("malformed_record", f"line {start}: {problem}")
+            return self._malformed(RecordCode.MALFORMED, f"line {start}: {problem}")
         if not row:
             return None  # an empty line: not a record, not counted
         header = self._header
@@ -124,7 +125,7 @@ class CsvFramer:
             return None
         if len(row) != len(header):
             return self._malformed(
-                "malformed_record",
+                RecordCode.MALFORMED,
                 f"line {start}: expected {len(header)} fields, got {len(row)}",
             )
         record = RawRecord(self._index, dict(zip(header, row, strict=True)), True)
@@ -133,6 +134,9 @@ class CsvFramer:
 
     def _set_header(self, row: list[str]) -> None:
         # Column names never contain spaces, so padding around them is noise.
+        if len(row) > self._max_columns:
+            # Every later row is as wide: refuse the payload, not each row.
+            raise PayloadError(422, f"CSV header row has more than {self._max_columns} columns")
         names = tuple(name.strip() for name in row)
         if not all(names):
             raise PayloadError(422, "CSV header row has an empty column name")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from web.payloads.records import MalformedRecord, PayloadError, RawRecord
+from web.echo import echo
+from web.payloads.records import (
+    MalformedRecord,
+    PayloadError,
+    RawRecord,
+    RecordCode,
+    record_too_large,
+)
 
 if TYPE_CHECKING:
     from web.payloads.reader import PayloadReader
@@ -16,6 +24,8 @@ value anyway; the cap keeps a hostile record from building a deep object."""
 # JSON body states, outside the records array.
 _START, _ARRAY, _ENVELOPE, _MEMBER, _DONE = range(5)
 _ENVELOPE_KEYS: Final = frozenset({"target", "operation", "records"})
+# Why a record being skipped is skipped.
+_TOO_DEEP, _TOO_WIDE = range(2)
 
 
 class JsonFramer:
@@ -23,21 +33,39 @@ class JsonFramer:
 
     Iterative on purpose (an explicit stack, no recursion) so no nesting depth
     can exhaust the interpreter stack.
+
+    Nothing here is held without bound. A record over ``max_fields`` values is
+    abandoned and skipped unbuilt (a per-record failure). The parser must also reach
+    the end of an element, or of the envelope head before "records", within
+    ``max_bytes`` of body: past that the body is refused with 413, since the parser
+    buffers a long string whole and skipping the element would mean parsing it all.
     """
 
-    def __init__(self, reader: PayloadReader) -> None:
+    def __init__(
+        self, reader: PayloadReader, *, max_bytes: int, max_fields: int,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
         self._reader = reader
+        self._max_bytes = max_bytes
+        self._max_fields = max_fields
+        self._on_settled = on_settled
         self._stack: list[Any] = []
         self._key: Any = None
         self._index = 0
         self._skip = 0
+        self._skip_reason = _TOO_DEEP
+        self._fields = 0
         self._in_records = False
         self._state = _START
         self._member = ""
         self._seen: set[str] = set()
+        self._mark = 0
+        """Body position (end of a parser slice) by which the last element closed."""
 
-    def feed(self, events: list[tuple[str, Any]]) -> list[RawRecord | MalformedRecord]:
-        """Consume a batch of events; return the records they completed."""
+    def feed(
+        self, events: list[tuple[str, Any]], position: int
+    ) -> list[RawRecord | MalformedRecord]:
+        """Consume the events of the body up to ``position``; return the records they completed."""
         out: list[RawRecord | MalformedRecord] = []
         append = out.append
         # State lives in locals for the loop: attribute access per event is
@@ -46,7 +74,10 @@ class JsonFramer:
         key = self._key
         index = self._index
         skip = self._skip
+        fields = self._fields
+        max_fields = self._max_fields
         in_records = self._in_records
+        closed = False  # an element (or the envelope head) ended in these events
         for event, value in events:
             if stack:
                 if event == "map_key":
@@ -56,7 +87,16 @@ class JsonFramer:
                     if not stack:
                         append(RawRecord(index, finished, False))
                         index += 1
+                        closed = True
                 else:
+                    container = event == "start_map" or event == "start_array"
+                    fields += 1
+                    if fields > max_fields:
+                        # Abandon the record; count containers until it closes.
+                        skip = len(stack) + container
+                        self._skip_reason = _TOO_WIDE
+                        stack.clear()
+                        continue
                     if event == "start_map":
                         child: Any = {}
                     elif event == "start_array":
@@ -68,12 +108,12 @@ class JsonFramer:
                         top.append(child)
                     else:
                         top[key] = child
-                    if event == "start_map" or event == "start_array":
+                    if container:
                         if len(stack) < MAX_JSON_DEPTH:
                             stack.append(child)
                         else:
-                            # Abandon the record; count containers until it closes.
                             skip = len(stack) + 1
+                            self._skip_reason = _TOO_DEEP
                             stack.clear()
             elif skip:
                 if event == "start_map" or event == "start_array":
@@ -81,38 +121,63 @@ class JsonFramer:
                 elif event == "end_map" or event == "end_array":
                     skip -= 1
                     if not skip:
-                        append(
-                            MalformedRecord(
-                                index,
-                                "malformed_record",
-                                f"record {index}: nested deeper than {MAX_JSON_DEPTH} levels",
-                            )
-                        )
+                        append(self._skipped(index))
                         index += 1
+                        closed = True
             elif in_records:
                 if event == "start_map":
                     stack.append({})
+                    fields = 0
                 elif event == "start_array":
                     stack.append([])
+                    fields = 0
                 elif event == "end_array":
                     in_records = False
+                    closed = True
                     if self._state == _ARRAY:
                         self._state = _DONE
                 else:
                     append(RawRecord(index, value, False))
                     index += 1
+                    closed = True
             else:
                 in_records = self._structure(event, value)
+                if in_records:
+                    closed = True
+                    if self._on_settled is not None:
+                        self._on_settled()
         self._key = key
         self._index = index
         self._skip = skip
+        self._fields = fields
         self._in_records = in_records
+        if closed:
+            self._mark = position
+        elif position - self._mark > self._max_bytes:
+            raise self._too_large()
         return out
 
     def finish(self) -> None:
         """Called once the parser has accepted the whole document."""
         if self._state != _DONE:  # the parser would have failed first; belt and braces
             raise PayloadError(400, "body is not a complete JSON document")
+
+    def _skipped(self, index: int) -> MalformedRecord:
+        if self._skip_reason == _TOO_WIDE:
+            return MalformedRecord(index, RecordCode.TOO_LARGE,
+                                   f"record {index}: more than {self._max_fields} fields")
+        return MalformedRecord(index, RecordCode.MALFORMED,
+                               f"record {index}: nested deeper than {MAX_JSON_DEPTH} levels")
+
+    def _too_large(self) -> PayloadError:
+        limit = self._max_bytes
+        if self._in_records:
+            return record_too_large(
+                f"record {self._index} is larger than {limit} bytes; "
+                "send it alone as an NDJSON line to have only it refused")
+        if "records" in self._seen or self._state == _DONE:
+            return record_too_large(f"more than {limit} bytes follow the records")
+        return record_too_large(f'the JSON envelope before "records" is larger than {limit} bytes')
 
     def _structure(self, event: str, value: Any) -> bool:
         """Handle an event outside the records array; True when the records array opens."""
@@ -155,7 +220,7 @@ class JsonFramer:
         if name not in _ENVELOPE_KEYS:
             raise PayloadError(
                 422,
-                f"unknown envelope key {name[:64]!r}; "
+                f"unknown envelope key {echo(name)}; "
                 'only "target", "operation" and "records" are allowed',
             )
         if name in self._seen:

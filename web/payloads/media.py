@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from web.echo import echo
 from web.payloads.records import PayloadError
 
 
@@ -33,5 +34,5 @@ def media_type_for(content_type: str | None) -> MediaType:
     media_type = _MEDIA_TYPES.get(essence)
     if media_type is None:
         accepted = ", ".join(_MEDIA_TYPES)
-        raise PayloadError(415, f"Content-Type {essence!r} is not one of {accepted}")
+        raise PayloadError(415, f"Content-Type {echo(essence)} is not one of {accepted}")
     return media_type

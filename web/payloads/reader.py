@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Final, cast
 
@@ -11,14 +11,19 @@ import ijson
 import orjson
 
 from app.errors import SluiceError
+from web.echo import echo
 from web.payloads.csv_format import CsvFramer
 from web.payloads.json_format import JsonFramer
+from web.payloads.limits import (
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_MAX_RECORD_FIELDS,
+    JSON_SLICE_BYTES,
+    exceeds_fields,
+    fields_need_counting_past,
+)
 from web.payloads.lines import TOO_LONG, LineSplitter
 from web.payloads.media import MediaType
-from web.payloads.records import MalformedRecord, PayloadError, RawRecord
-
-DEFAULT_MAX_RECORD_BYTES: Final = 1 << 20
-"""Longest NDJSON line or CSV record accepted; longer ones become record_too_large."""
+from web.payloads.records import MalformedRecord, PayloadError, RawRecord, RecordCode
 
 # Each inflate step yields at most this much, so a gzip bomb is caught by the
 # size limit after at most one step rather than after inflating a whole chunk.
@@ -35,6 +40,10 @@ class PayloadReader:
     from a JSON envelope as soon as they are read; they must precede
     ``"records"`` in the envelope, so they are known before the first record.
     A zero-byte body yields no records for JSON and NDJSON; CSV needs a header.
+
+    One record may take at most ``max_record_bytes`` and hold at most
+    ``max_record_fields`` values (see ``web.payloads.limits``): these, not the body
+    size, bound what reading a body holds in memory.
     """
 
     def __init__(
@@ -45,34 +54,44 @@ class PayloadReader:
         content_encoding: str | None = None,
         max_bytes: int,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_record_fields: int = DEFAULT_MAX_RECORD_FIELDS,
     ) -> None:
         encoding = (content_encoding or "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip"):
             raise PayloadError(
-                415, f"Content-Encoding {encoding[:64]!r} is not supported; use gzip or identity"
+                415, f"Content-Encoding {echo(encoding)} is not supported; use gzip or identity"
             )
-        if max_bytes < 1 or max_record_bytes < 1:
-            raise SluiceError("max_bytes and max_record_bytes must be positive")
+        if max_bytes < 1 or max_record_bytes < 1 or max_record_fields < 1:
+            raise SluiceError("max_bytes, max_record_bytes and max_record_fields must be positive")
         self._chunks = chunks
         self._media_type = media_type
         self._gzip = encoding != "identity"
         self._max_bytes = max_bytes
         self._max_record_bytes = max_record_bytes
+        self._max_record_fields = max_record_fields
         self._started = False
         self.target: str | None = None
         self.operation: str | None = None
         self.bytes_read = 0
 
-    def records(self) -> AsyncIterator[RawRecord | MalformedRecord]:
-        """The records in payload order; one pass only, as the body is consumed."""
+    def records(
+        self, on_settled: Callable[[], None] | None = None
+    ) -> AsyncIterator[RawRecord | MalformedRecord]:
+        """The records in payload order; one pass only, as the body is consumed.
+
+        ``on_settled`` is called once ``target`` and ``operation`` are final and before
+        any record is read: at the start for NDJSON and CSV, when the records array opens
+        for JSON. So a caller can refuse the request before the records cost anything.
+        It is not called for a body that has no records array (or no bytes) at all.
+        """
         if self._started:
             raise SluiceError("PayloadReader.records() can only be iterated once")
         self._started = True
         if self._media_type == MediaType.NDJSON:
-            return self._ndjson()
+            return self._ndjson(on_settled)
         if self._media_type == MediaType.JSON:
-            return self._json()
-        return self._csv()
+            return self._json(on_settled)
+        return self._csv(on_settled)
 
     # --- body -----------------------------------------------------------------------
 
@@ -127,8 +146,14 @@ class PayloadReader:
 
     # --- formats --------------------------------------------------------------------
 
-    async def _ndjson(self) -> AsyncIterator[RawRecord | MalformedRecord]:
+    async def _ndjson(
+        self, on_settled: Callable[[], None] | None
+    ) -> AsyncIterator[RawRecord | MalformedRecord]:
+        if on_settled is not None:
+            on_settled()
         limit = self._max_record_bytes
+        max_fields = self._max_record_fields
+        count_past = fields_need_counting_past(max_fields)
         splitter = LineSplitter(limit)
         loads = orjson.loads
         decode_error = orjson.JSONDecodeError
@@ -144,22 +169,34 @@ class PayloadReader:
                 except decode_error:
                     if line is TOO_LONG:
                         yield MalformedRecord(
-                            index, "record_too_large", f"line {line_no}: exceeds {limit} bytes"
+                            index, RecordCode.TOO_LARGE, f"line {line_no}: exceeds {limit} bytes"
                         )
                     elif line.isspace():
                         continue
                     else:
                         yield MalformedRecord(
-                            index, "malformed_record", f"line {line_no}: not valid JSON"
+                            index, RecordCode.MALFORMED, f"line {line_no}: not valid JSON"
                         )
                     index += 1
                     continue
-                yield RawRecord(index, value, False)
+                if len(line) > count_past and exceeds_fields(value, max_fields):
+                    yield MalformedRecord(
+                        index, RecordCode.TOO_LARGE,
+                        f"line {line_no}: more than {max_fields} fields",
+                    )
+                else:
+                    yield RawRecord(index, value, False)
                 index += 1
 
-    async def _csv(self) -> AsyncIterator[RawRecord | MalformedRecord]:
+    async def _csv(
+        self, on_settled: Callable[[], None] | None
+    ) -> AsyncIterator[RawRecord | MalformedRecord]:
+        if on_settled is not None:
+            on_settled()
         splitter = LineSplitter(self._max_record_bytes)
-        framer = CsvFramer(self._max_record_bytes, splitter.dropped_quotes)
+        framer = CsvFramer(
+            self._max_record_bytes, splitter.dropped_quotes, max_columns=self._max_record_fields
+        )
         take = framer.line
         async for lines in self._lines(splitter):
             for line in lines:
@@ -170,31 +207,40 @@ class PayloadReader:
         if record is not None:
             yield record
 
-    async def _json(self) -> AsyncIterator[RawRecord | MalformedRecord]:
+    async def _json(
+        self, on_settled: Callable[[], None] | None
+    ) -> AsyncIterator[RawRecord | MalformedRecord]:
         events = cast(list[tuple[str, Any]], ijson.sendable_list())
         # use_float: numbers as float, not Decimal, like orjson on the NDJSON path.
         parser = ijson.basic_parse_coro(events, use_float=True)
-        framer = JsonFramer(self)
-        empty = True
+        framer = JsonFramer(self, max_bytes=self._max_record_bytes,
+                            max_fields=self._max_record_fields, on_settled=on_settled)
+        position = 0
         async with aclosing(self._body()) as body:
             async for piece in body:
-                empty = False
-                try:
-                    parser.send(piece)
-                except ijson.JSONError:
-                    # ijson's message quotes the body around the error: keep it out.
-                    raise PayloadError(400, "the body is not valid JSON") from None
-                if events:
-                    records = framer.feed(events)
+                # Bounded slices: the framer checks element sizes between them.
+                for start in range(0, len(piece), JSON_SLICE_BYTES):
+                    part = piece[start:start + JSON_SLICE_BYTES] if len(piece) > JSON_SLICE_BYTES else piece
+                    position += len(part)
+                    try:
+                        parser.send(part)
+                    except ijson.JSONError:
+                        # What parsed before the error counts first (a forbidden target is
+                        # 403 however the body was cut), then the error: its message quotes
+                        # the body around it, so it is not passed on.
+                        framer.feed(events, position)
+                        raise PayloadError(400, "the body is not valid JSON") from None
+                    records = framer.feed(events, position)
                     del events[:]
                     for record in records:
                         yield record
-        if empty:
+        if not position:
             return
         try:
             parser.close()
         except ijson.JSONError:
+            framer.feed(events, position)
             raise PayloadError(400, "the body is not valid JSON (is it truncated?)") from None
-        for record in framer.feed(events):
+        for record in framer.feed(events, position):
             yield record
         framer.finish()

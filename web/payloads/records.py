@@ -2,27 +2,63 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any, Final
 
 from app.errors import SluiceError
 
-_TITLES: Final = {
-    400: "Malformed payload",
-    413: "Payload too large",
-    415: "Unsupported media type",
-    422: "Unprocessable payload",
+
+class RecordCode(enum.StrEnum):
+    """Per-record failure codes given while framing, before any target is consulted."""
+
+    MALFORMED = "malformed_record"
+    """Not a JSON value, a CSV row of the wrong width, or nested too deep."""
+    TOO_LARGE = "record_too_large"
+    """Over the record's byte or field limit, or too large for one Kafka message."""
+
+
+class PayloadProblem(enum.StrEnum):
+    """Problem types (the end of the problem ``type`` URI) of a payload rejected whole."""
+
+    MALFORMED = "malformed-payload"
+    TOO_LARGE = "payload-too-large"
+    RECORD_TOO_LARGE = "record-too-large"
+    UNSUPPORTED = "unsupported-media-type"
+    UNPROCESSABLE = "unprocessable-payload"
+
+
+_BY_STATUS: Final = {
+    400: (PayloadProblem.MALFORMED, "Malformed payload"),
+    413: (PayloadProblem.TOO_LARGE, "Payload too large"),
+    415: (PayloadProblem.UNSUPPORTED, "Unsupported media type"),
+    422: (PayloadProblem.UNPROCESSABLE, "Unprocessable payload"),
 }
+_TITLES: Final = {PayloadProblem.RECORD_TOO_LARGE: "Record too large"}
 
 
 class PayloadError(SluiceError):
-    """The payload as a whole is rejected (bad framing, size, media type): no record is kept."""
+    """The payload as a whole is rejected (bad framing, size, media type): no record is kept.
 
-    def __init__(self, status: int, detail: str, *, title: str | None = None) -> None:
+    ``problem`` defaults from the status; ``title`` from the problem.
+    """
+
+    def __init__(
+        self, status: int, detail: str, *, title: str | None = None,
+        problem: PayloadProblem | None = None,
+    ) -> None:
         super().__init__(detail)
+        default_problem, default_title = _BY_STATUS.get(
+            status, (PayloadProblem.UNPROCESSABLE, "Bad payload"))
         self.status = status
-        self.title = title or _TITLES.get(status, "Bad payload")
+        self.problem = problem or default_problem
+        self.title = title or _TITLES.get(self.problem, default_title)
         self.detail = detail
+
+
+def record_too_large(detail: str) -> PayloadError:
+    """413 for a record that cannot even be skipped without holding it (a JSON element)."""
+    return PayloadError(413, detail, problem=PayloadProblem.RECORD_TOO_LARGE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ class Pipeline:
 
     name: str
     base_url: str
+    web_metrics_url: str
+    """The web process's metrics port (not its API port)."""
     worker_metrics_url: str
     topic_prefix: str
     web: subprocess.Popen[bytes]
@@ -83,13 +85,14 @@ class BenchServices:
     def pipeline(self, name: str, **settings: str) -> Pipeline:
         """Start a worker and a web process with these settings (on top of the environment)."""
         run = uuid.uuid4().hex[:6]
-        port, metrics_port = free_port(), free_port()
+        port, metrics_port, web_metrics_port = free_port(), free_port(), free_port()
         prefix = f"bench-{name}-{run}"
         env = {
             **self.env,
             env_var("http_host"): "127.0.0.1",
             env_var("http_port"): str(port),
             env_var("worker_metrics_port"): str(metrics_port),
+            env_var("web_metrics_port"): str(web_metrics_port),
             env_var("topic_prefix"): prefix,
             env_var("worker_id"): prefix,
             env_var("log_level"): "WARNING",
@@ -106,12 +109,13 @@ class BenchServices:
         web = spawn("web")
         worker = spawn("worker")
         assert self._auth is not None, "start() first"
-        pipeline = Pipeline(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}",
-                            prefix, web, worker,
+        pipeline = Pipeline(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{web_metrics_port}",
+                            f"http://127.0.0.1:{metrics_port}", prefix, web, worker,
                             {"Authorization": "Bearer " + dev_token(self._auth, self.settings)})
         self._pipelines.append(pipeline)
         wait_for_port(port, timeout=60)
         wait_for_port(metrics_port, timeout=60)
+        wait_for_port(web_metrics_port, timeout=60)
         return pipeline
 
     def stop(self) -> None:

@@ -109,7 +109,7 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
     records = sum(n for _, n in bodies)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                      headers=pipeline.auth_headers) as http:
-        web_before = await _scrape(http, pipeline.base_url)
+        web_before = await _scrape(http, pipeline.web_metrics_url)
         worker_before = await _scrape(http, pipeline.worker_metrics_url)
         peak, worker_peak = [0], [0]
         stop_watch, stop_worker_watch = asyncio.Event(), asyncio.Event()
@@ -137,7 +137,7 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
         if counts != {"succeeded": records - failed, "failed": failed, "duplicates": 0}:
             raise BenchError(f"counts {counts} for {records} records, {failed} expected to fail: {jobs}")
         await asyncio.sleep(0.5)  # let the report agent see the last results
-        web_after = await _scrape(http, pipeline.base_url)
+        web_after = await _scrape(http, pipeline.web_metrics_url)
         worker_after = await _scrape(http, pipeline.worker_metrics_url)
     stages = [*stage_deltas(web_before, web_after, WEB_STAGES),
               *stage_deltas(worker_before, worker_after, WORKER_STAGES)]

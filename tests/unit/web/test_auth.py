@@ -108,3 +108,38 @@ def test_lifetime_counts_from_nbf_or_iat_whichever_is_earlier() -> None:
 def test_scopes_from_scope_or_scp() -> None:
     principal = principal_from_claims(_claims(scope=None, scp=["bulk:read"]), POLICY, time.time())
     assert missing_scopes(principal, ["bulk:read", "bulk:write"]) == ["bulk:write"]
+
+
+# --- issue 11: time claims of the wrong JSON type are a 401, never a 500 ------------------------
+
+_NOW = int(time.time())
+
+
+@pytest.mark.parametrize("overrides", [
+    {"exp": "9999999999"},  # a numeric string: PyJWT's int() accepts it, arithmetic did not
+    {"exp": str(_NOW + 300)},
+    {"iat": str(_NOW)},
+    {"nbf": str(_NOW)},
+    {"nbf": "soon"},
+    {"exp": True},
+    {"iat": False},
+    {"exp": 1e308, "iat": _NOW},
+    {"exp": [_NOW + 300]},
+    {"iat": {"at": _NOW}},
+], ids=repr)
+async def test_time_claims_must_be_json_numbers(overrides: dict[str, Any]) -> None:
+    token = jwt.encode(_claims(**overrides), EC_KEY, algorithm="ES256", headers={"kid": "ec1"})
+    with pytest.raises(AuthError):
+        await authenticate(token, _keys(), POLICY)
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_principal_from_claims_names_a_non_numeric_time_claim(claim: str) -> None:
+    claims = _claims(**{claim: "1700000000", "nbf": _NOW if claim != "nbf" else "1700000000"})
+    with pytest.raises(AuthError, match=f"'{claim}' claim must be a number"):
+        principal_from_claims(claims, POLICY, _NOW)
+
+
+def test_fractional_time_claims_are_numbers_too() -> None:
+    principal = principal_from_claims(_claims(iat=_NOW + 0.5, exp=_NOW + 300.25), POLICY, _NOW)
+    assert principal.subject == "svc"
