@@ -3,12 +3,14 @@ and one web process, started exactly as `sluice run` starts them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,63 @@ def _spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[byt
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "app.cli", command],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@dataclass(frozen=True)
+class SecondWeb:
+    """A second web process, started by `second_web`."""
+
+    base_url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _start_second_web(stack: Stack, log: Path, settings: dict[str, str | None]) -> SecondWeb:
+    port = int(settings.get("http_port") or free_port())
+    env = {**stack.env, env_var("http_port"): str(port)}
+    for name, value in settings.items():
+        if value is None:
+            env.pop(env_var(name), None)
+        else:
+            env[env_var(name)] = value
+    return SecondWeb(f"http://127.0.0.1:{port}", port, _spawn("web", env, log))
+
+
+def _stop_second_web(web: SecondWeb, log: Path) -> None:
+    stop_processes([web.process])
+    sys.stderr.write(f"\n--- tail of {log} ---\n{log.read_text(errors='replace')[-3000:]}\n")
+
+
+@contextmanager
+def second_web(stack: Stack, log: Path, **settings: str | None) -> Iterator[SecondWeb]:
+    """A second `sluice web` process on the session's services with a few other settings
+    (named as in `Settings`; None unsets one), its output appended to ``log``.
+
+    On a free port unless ``http_port`` is among the settings; up within 60 s. Stopped on
+    exit, and the tail of its log written to stderr.
+    """
+    web = _start_second_web(stack, log, settings)
+    try:
+        wait_for_port(web.port, timeout=60)
+        yield web
+    finally:
+        _stop_second_web(web, log)
+
+
+@asynccontextmanager
+async def second_web_async(stack: Stack, log: Path, **settings: str | None
+                           ) -> AsyncIterator[SecondWeb]:
+    """`second_web` for a coroutine: the waits run in a thread, so the event loop runs on."""
+    web = _start_second_web(stack, log, settings)
+    try:
+        await asyncio.to_thread(wait_for_port, web.port, 60)
+        yield web
+    finally:
+        await asyncio.to_thread(_stop_second_web, web, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -430,7 +430,8 @@ async def test_backpressure_refuses_new_work_and_accepted_work_drains(
 async def test_upload_251_is_refused_while_200_are_in_flight(
     isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
 ) -> None:
-    stack = isolated(max_concurrent_uploads=200, submission_timeout_s=60)
+    # One tenant: its share is the whole service here (fair shares have tests of their own).
+    stack = isolated(max_concurrent_uploads=200, max_tenant_uploads=200, submission_timeout_s=60)
     stack.spawn("web")
     release = asyncio.Event()
     tag = f"conc-{uuid.uuid4().hex[:6]}"

@@ -12,8 +12,6 @@ import asyncio
 import gzip
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -25,9 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.devtools.embedded import free_port, stop_processes, wait_for_port
-from app.settings import env_var
-from tests.integration.conftest import TEST_MAX_BODY_BYTES, Stack, bearer, token_for
+from tests.integration.conftest import TEST_MAX_BODY_BYTES, Stack, bearer, second_web, token_for
 from tests.integration.helpers import job_of, results, wait_terminal
 
 ROOMY_BODY_BYTES = 64 * 1024 * 1024
@@ -74,17 +70,9 @@ class Web:
 
 @pytest.fixture(scope="module")
 def roomy(stack: Stack) -> Iterator[Web]:
-    port = free_port()
-    env = {**stack.env, env_var("http_port"): str(port),
-           env_var("max_body_bytes"): str(ROOMY_BODY_BYTES)}
-    with open(stack.data / "web-roomy.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "web"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, timeout=60)
-        yield Web(f"http://127.0.0.1:{port}", process.pid, stack.auth_headers)
-    finally:
-        stop_processes([process])
+    with second_web(stack, stack.data / "web-roomy.log",
+                    max_body_bytes=str(ROOMY_BODY_BYTES)) as web:
+        yield Web(web.base_url, web.pid, stack.auth_headers)
 
 
 @pytest.fixture

@@ -4,12 +4,8 @@ server, and time claims of the wrong JSON type."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import jwt
@@ -19,9 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.devtools.devauth import DEV_AUDIENCE, DEV_ISSUER
-from app.devtools.embedded import free_port, stop_processes, wait_for_port
-from app.settings import env_var
-from tests.integration.conftest import Stack, bearer, token_for
+from app.devtools.embedded import free_port
+from tests.integration.conftest import Stack, bearer, second_web_async, token_for
 
 BULK = "/v1/bulk-operations"
 
@@ -47,12 +42,6 @@ async def test_a_time_claim_that_is_not_a_number_gets_401_problem(
         assert r.status == 401, await r.text()
         assert r.content_type == "application/problem+json"
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
-
-
-def _spawn_web(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "web"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
@@ -91,18 +80,12 @@ async def test_a_key_set_fetched_in_two_pieces_verifies_tokens(
     a good token (before: the truncated key set failed to parse and every token got 401)."""
     url, asked = jwks_in_two_pieces
     port = free_port()
-    env = {k: v for k, v in stack.env.items() if k != env_var("auth_jwks_file")}
-    env.update({env_var("auth_jwks_url"): url, env_var("http_port"): str(port),
-                env_var("web_metrics_port"): "0", "PYTHONUNBUFFERED": "1"})
     log = stack.data / f"web-jwks-{port}.log"
-    web_process = _spawn_web({**os.environ, **env}, log)
-    try:
-        await asyncio.to_thread(wait_for_port, port, 60)
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client:
+    async with second_web_async(stack, log, http_port=str(port), auth_jwks_file=None,
+                                auth_jwks_url=url, web_metrics_port="0") as web:
+        async with aiohttp.ClientSession(web.base_url) as client:
             for _ in range(3):
                 async with client.get(f"{BULK}/job-never-issued",
                                       headers=bearer(token_for(stack.auth))) as r:
                     assert r.status == 404, (r.status, await r.text(), log.read_text()[-2000:])
         assert len(asked) == 1  # fetched once, then cached
-    finally:
-        await asyncio.to_thread(stop_processes, [web_process])

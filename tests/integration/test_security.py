@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.devtools.devauth import DEV_AUDIENCE, DEV_ISSUER
-from app.devtools.embedded import free_port, wait_for_port
+from app.devtools.embedded import free_port
 from app.settings import env_var
-from tests.integration.conftest import Stack, bearer, token_for
+from tests.integration.conftest import Stack, bearer, second_web, token_for
 from tests.integration.helpers import NDJSON, ndjson, reading, submit
 
 BULK = "/v1/bulk-operations"
@@ -310,18 +310,9 @@ def tls_web(stack: Stack) -> Iterator[tuple[int, Path]]:
     """A second web process on the session's services, with TLS on."""
     directory = Path(tempfile.mkdtemp(prefix="sluice-tls-"))
     cert, key = _self_signed(directory)
-    port = free_port()
-    env = {**stack.env, env_var("http_port"): str(port), env_var("tls_cert_file"): str(cert),
-           env_var("tls_key_file"): str(key)}
-    with open(directory / "web.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "web"], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, timeout=60)
-        yield port, cert
-    finally:
-        process.terminate()
-        process.wait(15)
+    with second_web(stack, directory / "web.log", tls_cert_file=str(cert),
+                    tls_key_file=str(key)) as web:
+        yield web.port, cert
 
 
 def test_a_tls_1_2_client_is_refused(tls_web: tuple[int, Path]) -> None:

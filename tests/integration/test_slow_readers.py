@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,9 +24,7 @@ import asyncpg
 import orjson
 import pytest
 
-from app.devtools.embedded import free_port, stop_processes, wait_for_port
-from app.settings import env_var
-from tests.integration.conftest import Stack, bearer, token_for
+from tests.integration.conftest import SecondWeb, Stack, bearer, second_web, token_for
 from tests.integration.helpers import NDJSON, big_job, ndjson, reading, submit, wait_terminal
 
 READERS = 20
@@ -42,26 +37,12 @@ ANSWER_WITHIN_S = 10.0
 STALLED_CLIENT_RCVBUF = 4096
 
 
-@dataclass(frozen=True)
-class WebProcess:
-    base_url: str
-    pid: int
-
-
 @pytest.fixture(scope="module")
-def own_web(stack: Stack) -> Iterator[WebProcess]:
+def own_web(stack: Stack) -> Iterator[SecondWeb]:
     """A second `sluice web` on the session's services, with a short results send timeout."""
-    port = free_port()
-    env = {**stack.env, env_var("http_port"): str(port),
-           env_var("results_send_timeout_s"): str(SEND_TIMEOUT_S)}
-    with open(stack.data / "web-slow-readers.log", "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "web"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, timeout=60)
-        yield WebProcess(f"http://127.0.0.1:{port}", process.pid)
-    finally:
-        stop_processes([process])
+    with second_web(stack, stack.data / "web-slow-readers.log",
+                    results_send_timeout_s=str(SEND_TIMEOUT_S)) as web:
+        yield web
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +91,7 @@ class StalledReader:
 
 
 @pytest.fixture
-async def stalled_readers(stack: Stack, own_web: WebProcess, big_finished_job: str
+async def stalled_readers(stack: Stack, own_web: SecondWeb, big_finished_job: str
                           ) -> AsyncIterator[list[StalledReader]]:
     token = token_for(stack.auth)
     path = f"/v1/bulk-operations/{big_finished_job}/results"
@@ -132,7 +113,7 @@ async def _timed(request: Awaitable[None]) -> float:
 
 
 async def test_stalled_results_readers_do_not_block_another_tenants_requests(
-    stack: Stack, own_web: WebProcess, big_finished_job: str, stalled_readers: list[StalledReader],
+    stack: Stack, own_web: SecondWeb, big_finished_job: str, stalled_readers: list[StalledReader],
 ) -> None:
     other = bearer(token_for(stack.auth, subject="bystander", tenant=f"other-{uuid.uuid4().hex[:6]}"))
     async with aiohttp.ClientSession(own_web.base_url, headers=other) as bystander, \
@@ -167,7 +148,7 @@ async def test_stalled_results_response_is_ended_after_the_send_timeout(
 
 
 async def test_results_unchanged_across_pages(
-    own_web: WebProcess, stack: Stack, big_finished_job: str, db: asyncpg.Pool,
+    own_web: SecondWeb, stack: Stack, big_finished_job: str, db: asyncpg.Pool,
 ) -> None:
     """Every outcome once, in index order, rendered as the ledger holds it, for each filter."""
     ledger = await db.fetch("SELECT idx, status, key, code, message FROM sluice_record_results"

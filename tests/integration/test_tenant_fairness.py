@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -25,8 +24,7 @@ import pytest
 import redis.asyncio as redis
 
 from app.devtools.embedded import EmbeddedValkey, free_port, wait_for_port
-from app.settings import env_var
-from tests.integration.conftest import Stack, bearer, token_for
+from tests.integration.conftest import Stack, bearer, second_web, token_for
 from tests.integration.helpers import NDJSON, ndjson, reading
 
 BULK = "/v1/bulk-operations"
@@ -96,23 +94,14 @@ def _start_web(stack: Stack, policy: str, **settings: str) -> Iterator[Web]:
     valkey.start()
     policy_file = directory / "policy.toml"
     policy_file.write_text(policy)
-    port, metrics_port = free_port(), free_port()
-    env = {**stack.env, env_var("http_port"): str(port), env_var("redis_url"): valkey.url,
-           env_var("web_metrics_port"): str(metrics_port),
-           env_var("access_policy_file"): str(policy_file),
-           **{env_var(name): value for name, value in settings.items()}}
-    log = directory / "web.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "web"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+    metrics_port = free_port()
     try:
-        wait_for_port(port, timeout=60)
-        yield Web(port, metrics_port, valkey, stack.auth, process)
+        with second_web(stack, directory / "web.log", redis_url=valkey.url,
+                        web_metrics_port=str(metrics_port), access_policy_file=str(policy_file),
+                        **settings) as web:
+            yield Web(web.port, metrics_port, valkey, stack.auth, web.process)
     finally:
-        process.terminate()
-        process.wait(15)
         valkey.stop()
-        sys.stderr.write(f"\n--- tail of {log} ---\n{log.read_text(errors='replace')[-3000:]}\n")
 
 
 @pytest.fixture(scope="module")
