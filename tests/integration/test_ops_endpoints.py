@@ -5,14 +5,21 @@ probes cannot turn into a flood of round trips to PostgreSQL, Redis and Kafka.""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 import redis.asyncio as redis
 
-from app.settings import env_var
+from app.devtools.embedded import free_port
+from app.settings import BUILTIN_TARGETS_DIR, env_var
 from app.store import jobs
 from tests.integration.conftest import Stack
 
@@ -122,3 +129,19 @@ async def test_readiness_is_checked_once_for_a_burst_of_probes(
     assert all(a["checks"] == {"postgresql": "ok", "redis": "ok", "kafka": "ok"} for a in answers)
     print(f"60 /readyz answered with {checked} Redis PING(s)")
     assert checked <= 3, f"{checked} readiness checks for 60 probes"
+
+
+@pytest.mark.parametrize("command", ["web", "worker"])
+def test_a_target_named_like_sluices_own_tables_stops_the_process_at_start(
+    stack: Stack, tmp_path: Path, command: str
+) -> None:
+    # A target called sluice_jobs would have its rows written into the job store.
+    shutil.copy(BUILTIN_TARGETS_DIR / "sensor_readings.avsc", tmp_path)
+    schema = json.loads((BUILTIN_TARGETS_DIR / "sensor_readings.avsc").read_text())
+    (tmp_path / "jobs.avsc").write_text(json.dumps({**schema, "name": "sluice_jobs"}))
+    env = {**stack.env, env_var("targets_dir"): str(tmp_path), env_var("http_port"): str(free_port()),
+           env_var("web_metrics_port"): "0", env_var("worker_metrics_port"): "0"}
+    done = subprocess.run([sys.executable, "-m", "app.cli", command], env=env, capture_output=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert b"'sluice_jobs' is a reserved name" in done.stdout + done.stderr
