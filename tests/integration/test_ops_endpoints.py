@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,9 @@ def test_a_target_named_like_sluices_own_tables_stops_the_process_at_start(
     schema = json.loads((BUILTIN_TARGETS_DIR / "sensor_readings.avsc").read_text())
     (tmp_path / "jobs.avsc").write_text(json.dumps({**schema, "name": "sluice_jobs"}))
     env = {**stack.env, env_var("targets_dir"): str(tmp_path), env_var("http_port"): str(free_port()),
-           env_var("web_metrics_port"): "0", env_var("worker_metrics_port"): "0"}
+           env_var("web_metrics_port"): "0", env_var("worker_metrics_port"): "0",
+           # a group of its own: were the name let through, it must not join the suite's worker
+           env_var("worker_id"): f"reserved-{uuid.uuid4().hex[:8]}"}
     done = subprocess.run([sys.executable, "-m", "app.cli", command], env=env, capture_output=True,
                           timeout=120)
     assert done.returncode != 0
