@@ -9,6 +9,8 @@ own, so that this module can exhaust it and stop it without touching other tests
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import subprocess
 import tempfile
 import time
@@ -23,7 +25,7 @@ import asyncpg
 import pytest
 import redis.asyncio as redis
 
-from app.devtools.embedded import EmbeddedValkey, free_port, wait_for_port
+from app.devtools.embedded import EmbeddedValkey, free_port
 from tests.integration.conftest import Stack, bearer, second_web, token_for
 from tests.integration.helpers import NDJSON, ndjson, reading
 
@@ -86,10 +88,38 @@ class Web:
         return token_for(self.auth, subject=subject, tenant=tenant, roles=roles)
 
 
+def _port_below_the_ephemeral_range() -> int:
+    """A free port no outgoing connection can take as its source port: while this Valkey is
+    stopped, a client connecting to it could otherwise connect to itself on that port (TCP
+    self-connect) and keep the restarted Valkey from binding it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 12_000), low), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+async def _answers(client: redis.Redis, within_s: float) -> None:
+    """Wait until Valkey answers this client's PING (not just until its port accepts)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 def _start_web(stack: Stack, policy: str, **settings: str) -> Iterator[Web]:
     directory = Path(tempfile.mkdtemp(prefix="sluice-fair-"))
     directory.chmod(0o755)
-    valkey = EmbeddedValkey(directory / "valkey")
+    valkey = EmbeddedValkey(directory / "valkey", port=_port_below_the_ephemeral_range())
     (directory / "valkey").mkdir()
     valkey.start()
     policy_file = directory / "policy.toml"
@@ -299,7 +329,7 @@ async def test_limits_hold_while_valkey_is_down_and_valkey_is_used_again_after(
         fallbacks = await _fallbacks(global_web, "unreachable")
     finally:
         global_web.valkey.start()
-        wait_for_port(global_web.valkey.port, timeout=10)
+        await _answers(valkey_client, within_s=10)
     assert statuses == [404, 404, 404, 429, 429]
     assert fallbacks >= 1
     assert elapsed < 10, elapsed  # answered, not hung on Redis
