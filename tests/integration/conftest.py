@@ -100,7 +100,10 @@ def _start_second_web(stack: Stack, log: Path, settings: dict[str, str | None]) 
 
 
 def _stop_second_web(web: SecondWeb, log: Path) -> None:
-    stop_processes([web.process])
+    # Killed, not stopped gracefully: it owns nothing that outlives the test, and a graceful
+    # stop waits for its open responses (up to 10 s).
+    web.process.kill()
+    web.process.wait()
     sys.stderr.write(f"\n--- tail of {log} ---\n{log.read_text(errors='replace')[-3000:]}\n")
 
 
@@ -110,7 +113,7 @@ def second_web(stack: Stack, log: Path, **settings: str | None) -> Iterator[Seco
     (named as in `Settings`; None unsets one), its output appended to ``log``.
 
     On a free port unless ``http_port`` is among the settings; up within 60 s. Stopped on
-    exit, and the tail of its log written to stderr.
+    exit (killed), and the tail of its log written to stderr.
     """
     web = _start_second_web(stack, log, settings)
     try:
