@@ -14,6 +14,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
@@ -94,6 +101,12 @@ class EmbeddedBroker:
                 self.process.kill()
                 self.process.wait()
 
+    def discard(self) -> None:
+        """Kill the broker: its topics are memory only and go with it anyway."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
 
 @dataclass
 class EmbeddedPostgres:
@@ -132,9 +145,18 @@ class EmbeddedPostgres:
         # restart leaves one behind): make sure the postmaster is gone all the same.
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
-            deadline = time.monotonic() + 15
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            _wait_gone(pid, 15)
+
+    def discard(self) -> None:
+        """Immediate shutdown (no checkpoint), for data that is thrown away next."""
+        if self.server is None:
+            return
+        pid = self.server.get_pid()
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+            _wait_gone(pid, 15)
+        self.server.cleanup()
+        self.server = None
 
 
 @dataclass
@@ -163,6 +185,12 @@ class EmbeddedValkey:
         """Stop the server."""
         if self.server is not None:
             self.server.stop()
+            self.server = None
+
+    def discard(self) -> None:
+        """Kill the server without saving, for data that is thrown away next."""
+        if self.server is not None:
+            self.server.terminate()
             self.server = None
 
 
@@ -218,12 +246,26 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stop everything this stack started, last first."""
+        self._end("stop")
+
+    def discard(self) -> None:
+        """End everything this stack started at once and all together, for a stack whose
+        data is thrown away next (a test's): no checkpoint, no snapshot, no ordering."""
+        services, self.started = self.started, []
+        with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
+            for service in services:
+                pool.submit(_end, service, "discard")
+
+    def _end(self, how: str) -> None:
         while self.started:
-            service = self.started.pop()
-            try:
-                service.stop()
-            except Exception:  # noqa: BLE001 - stop the rest regardless
-                log.exception("stopping %s failed", type(service).__name__)
+            _end(self.started.pop(), how)
+
+
+def _end(service: Any, how: str) -> None:
+    try:
+        getattr(service, how)()
+    except Exception:  # noqa: BLE001 - end the rest regardless
+        log.exception("%s of %s failed", how, type(service).__name__)
 
 
 def stop_processes(processes: Iterable[subprocess.Popen[bytes]], grace_s: float = 15) -> None:

@@ -98,14 +98,15 @@ class IsolatedStack:
                 for p in self.processes if p.pid not in self.killed and p.poll() is not None]
 
     def stop(self) -> None:
-        """Stop everything this stack started and delete its data (its processes are
-        killed: nothing of this stack outlives the test, so a graceful stop only costs time)."""
+        """End everything this stack started and delete its data. Processes and services
+        are killed, not stopped gracefully: nothing of this stack outlives the test, so a
+        graceful stop (a checkpoint, a snapshot) only costs time."""
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
         stop_processes(self.processes)
         if self.embedded is not None:
-            self.embedded.stop()
+            self.embedded.discard()
         for log in sorted(self.data.glob("*.log")):
             tail = log.read_text(errors="replace")[-2000:]
             sys.stderr.write(f"\n--- tail of {log.name} ---\n{tail}\n")
