@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from agents.apply.decode import header
 from app.input_policy import OPERATION_NOT_ALLOWED
 from schemas.envelope import Item
 
@@ -32,12 +33,11 @@ INPUT_FORWARDED = "input records forwarded"
 
 def asserted_principal(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
     """The ``sluice-principal`` header as printable text, or None. Client-asserted only."""
-    for key, value in headers or ():
-        if key.lower() == PRINCIPAL_HEADER and value is not None:
-            text = bytes(value).decode("utf-8", "replace")
-            cleaned = "".join(c if c.isprintable() else "?" for c in text).strip()
-            return cleaned[:MAX_PRINCIPAL_CHARS] or None
-    return None
+    text = header(headers, PRINCIPAL_HEADER, any_case=True)
+    if text is None:
+        return None
+    cleaned = "".join(c if c.isprintable() else "?" for c in text).strip()
+    return cleaned[:MAX_PRINCIPAL_CHARS] or None
 
 
 @dataclass

@@ -17,6 +17,7 @@ import fastavro
 import orjson
 from aiokafka import ConsumerRecord
 
+from agents.apply.decode import header
 from agents.input_audit import InputTally, asserted_principal
 from app.input_policy import OPERATION_NOT_ALLOWED, InputOperations
 from app.topics import TopicNames
@@ -31,10 +32,8 @@ DEFAULT_OPERATION = "insert"
 
 
 def _header(headers: Any, name: str) -> str | None:
-    for key, value in headers or ():
-        if key.lower() == name and value is not None:
-            return bytes(value).decode("ascii", "replace").strip().lower()
-    return None
+    value = header(headers, name, any_case=True)
+    return None if value is None else value.strip().lower()
 
 
 def _plain_avro_schema(target: Target) -> Any:

@@ -32,11 +32,12 @@ Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None
 """Message headers as Kafka clients give them: pairs, or sometimes a mapping."""
 
 
-def header(headers: Headers, name: str) -> str | None:
-    """A header's value as text, or None."""
+def header(headers: Headers, name: str, *, any_case: bool = False) -> str | None:
+    """A header's value as text, or None. ``any_case`` matches the name in any letter case
+    (producers' headers, which Sluice does not write itself)."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for key, value in pairs:
-        if key == name and value is not None:
+        if (key.lower() if any_case else key) == name and value is not None:
             return bytes(value).decode("utf-8", "replace")
     return None
 

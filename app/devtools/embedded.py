@@ -246,7 +246,8 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stop everything this stack started, last first."""
-        self._end("stop")
+        while self.started:
+            _end_service(self.started.pop(), "stop")
 
     def discard(self) -> None:
         """End everything this stack started at once and all together, for a stack whose
@@ -254,14 +255,10 @@ class EmbeddedStack:
         services, self.started = self.started, []
         with ThreadPoolExecutor(max_workers=max(1, len(services))) as pool:
             for service in services:
-                pool.submit(_end, service, "discard")
-
-    def _end(self, how: str) -> None:
-        while self.started:
-            _end(self.started.pop(), how)
+                pool.submit(_end_service, service, "discard")
 
 
-def _end(service: Any, how: str) -> None:
+def _end_service(service: Any, how: str) -> None:
     try:
         getattr(service, how)()
     except Exception:  # noqa: BLE001 - end the rest regardless
