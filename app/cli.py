@@ -91,7 +91,13 @@ def _ops_line(settings: Settings) -> str:
 
 def run_all(args: argparse.Namespace) -> int:
     """Embedded services (unless configured), topics, tables, a worker and the web server."""
-    from app.devtools.embedded import EmbeddedStack, child_environment, stop_processes, wait_for_port
+    from app.devtools.embedded import (
+        EmbeddedStack,
+        child_environment,
+        port_taken,
+        stop_processes,
+        wait_for_port,
+    )
     from app.kafka import all_topics, ensure_topics
     from app.topics import TopicNames
     from schemas.targets import load_targets
@@ -101,6 +107,11 @@ def run_all(args: argparse.Namespace) -> int:
     if not settings.tls_enabled and settings.http_host not in LOOPBACK_HOSTS:
         raise SystemExit(f"sluice run serves plain HTTP on loopback only, not on {settings.http_host}; "
                          "set SLUICE_TLS_CERT_FILE and SLUICE_TLS_KEY_FILE to listen elsewhere")
+    if port_taken(settings.http_host, settings.http_port):
+        # Checked first: the readiness wait below would otherwise find the other server and
+        # report this one up while its web process has failed to bind.
+        raise SystemExit(f"port {settings.http_port} on {settings.http_host} is already in use "
+                         "(another `sluice run`?); stop it or set SLUICE_HTTP_PORT")
     stack = EmbeddedStack(
         data_dir=settings.data_dir,
         kafka_bootstrap=settings.kafka_bootstrap,

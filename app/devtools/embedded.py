@@ -33,6 +33,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (so a server started there would fail)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
