@@ -33,9 +33,11 @@ def run_worker(_: argparse.Namespace) -> int:
         publish_reports,
     )
     from agents.apply import consumer  # noqa: F401
+    from app import event_loop
     from app.faust_app import app
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)
+    event_loop.install()
     worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)
     worker.execute_from_commandline()
     return 0
@@ -55,9 +57,11 @@ def run_web(_: argparse.Namespace) -> int:
     """One HTTP ingress process."""
     from aiohttp import web
 
+    from app import event_loop
     from web.app import create_web_app
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)
+    event_loop.install()
     settings = get_settings()
     app = create_web_app(settings)  # refuses to start without authentication or TLS set up
     web.run_app(app, host=settings.http_host, port=settings.http_port,
