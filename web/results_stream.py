@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from enum import StrEnum
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from schemas.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +42,16 @@ class _Cut(Exception):
         self.end = end
 
 
-def render_page(page: Sequence[Mapping[str, Any]]) -> bytes:
+def render_page(page: Sequence[Outcome]) -> bytes:
     """NDJSON lines for a page of outcomes: index, status, key (as stored JSON), and code
     and message for a record that has them."""
     lines: list[bytes] = []
-    for r in page:
-        line: dict[str, Any] = {"index": r["idx"], "status": r["status"],
-                                "key": orjson.Fragment(r["key"]) if r["key"] else None}
-        if r["code"] is not None:
-            line["code"] = r["code"]
-            line["message"] = r["message"]
+    for o in page:
+        line: dict[str, Any] = {"index": o.index, "status": o.status,
+                                "key": orjson.Fragment(o.key) if o.key else None}
+        if o.code is not None:
+            line["code"] = o.code
+            line["message"] = o.message
         lines.append(orjson.dumps(line))
     return b"\n".join(lines) + b"\n"
 
@@ -69,7 +71,7 @@ async def _send(response: web.StreamResponse, data: bytes | None, timeout_s: flo
 
 
 async def stream_results(
-    request: web.Request, pages: AsyncIterator[Sequence[Mapping[str, Any]]], *,
+    request: web.Request, pages: AsyncIterator[Sequence[Outcome]], *,
     job_id: str, send_timeout_s: float,
 ) -> web.StreamResponse:
     """Answer 200 with every page of ``pages`` as NDJSON.

@@ -13,8 +13,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import metrics
-from app.store import jobs
-from schemas.vocabulary import JobState
+from app.store import jobs, ledger
+from schemas.vocabulary import JobState, RecordStatus
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.payloads import PayloadReader, media_type_for
@@ -272,8 +272,8 @@ async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse
     job = await _existing_job(request, principal.tenant)
     # Pages, each read on a connection released before it is written: a client that does
     # not read holds no database connection, and is dropped after the send timeout.
-    pages = jobs.iter_results(request.app[pool_key], job["job_id"],
-                              None if status == "all" else status, records=job["records_received"])
+    pages = ledger.iter_outcomes(request.app[pool_key], job["job_id"],
+                                 None if status == "all" else RecordStatus(status))
     return await stream_results(request, pages, job_id=job["job_id"],
                                 send_timeout_s=request.app[settings_key].results_send_timeout_s)
 

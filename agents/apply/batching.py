@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from app.store.ledger import Outcome
 from app.store.sink import BatchResult
 from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope
+from schemas.outcomes import STATUS_OF, OutcomeBlock
 
 
 def chunk_by_records(envelopes: Sequence[Envelope], limit: int) -> list[list[Envelope]]:
@@ -29,18 +29,25 @@ def chunk_by_records(envelopes: Sequence[Envelope], limit: int) -> list[list[Env
     return chunks
 
 
-def outcome_document(outcome: Outcome, *, from_kafka: bool) -> dict[str, Any]:
-    """One record's outcome as analysts read it; a producer record's index is its offset."""
-    doc: dict[str, Any] = {
-        "index": outcome.index,
-        "status": outcome.status,
-        "key": orjson.Fragment(outcome.key) if outcome.key else None,
-        "code": outcome.code,
-        "message": outcome.message,
-    }
-    if from_kafka:
-        doc["offset"] = outcome.index
-    return doc
+def outcome_documents(block: OutcomeBlock, *, from_kafka: bool) -> list[dict[str, Any]]:
+    """A block's outcomes as analysts read them; a producer record's index is its offset."""
+    docs: list[dict[str, Any]] = []
+    append = docs.append
+    codes, messages = block.codes, block.messages
+    fragment = orjson.Fragment
+    for n, (index, letter, key) in enumerate(zip(block.indexes, block.statuses, block.keys,
+                                                 strict=True)):
+        doc: dict[str, Any] = {
+            "index": index,
+            "status": STATUS_OF[letter],
+            "key": fragment(key) if key else None,
+            "code": codes[n] if codes is not None else None,
+            "message": messages[n] if messages is not None else None,
+        }
+        if from_kafka:
+            doc["offset"] = index
+        append(doc)
+    return docs
 
 
 JOB_HEADER = "sluice-job"
@@ -64,18 +71,17 @@ def result_messages(
     """
     sources = {e.job_id: (e.target, e.operation, e.source_topic, e.source_partition)
                for e in envelopes}
-    by_job: dict[str, list[Outcome]] = defaultdict(list)
-    for outcome in (*result.replayed, *result.outcomes):
-        by_job[outcome.job_id].append(outcome)
+    by_job: dict[str, list[OutcomeBlock]] = defaultdict(list)
+    for block in (*result.replayed, *result.blocks):
+        by_job[block.job_id].append(block)
     for job_id, snapshot in result.jobs.items():
         if job_id not in by_job:  # counts moved without outcomes: an undeliverable message
             by_job[job_id] = []
             sources.setdefault(job_id, (str(snapshot.get("target")), str(snapshot.get("operation")),
                                         None, None))
     messages: list[tuple[str, bytes]] = []
-    for job_id, outcomes in by_job.items():
+    for job_id, blocks in by_job.items():
         target, operation, source_topic, source_partition = sources[job_id]
-        outcomes.sort(key=lambda o: o.index)
         from_kafka = source_topic is not None
         head = {
             "job_id": job_id,
@@ -84,9 +90,16 @@ def result_messages(
             "source": {"topic": source_topic, "partition": source_partition} if from_kafka else None,
         }
         tail = {"job": result.jobs.get(job_id)}
-        documents = [outcome_document(o, from_kafka=from_kafka) for o in outcomes]
+        documents = [doc for block in blocks for doc in outcome_documents(block, from_kafka=from_kafka)]
+        if len(blocks) > 1:
+            documents.sort(key=_by_index)
         messages.extend((job_id, data) for data in _encode_bounded(head, documents, tail, max_bytes))
     return messages
+
+
+def _by_index(document: dict[str, Any]) -> int:
+    index: int = document["index"]
+    return index
 
 
 def _encode_bounded(

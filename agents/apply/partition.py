@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -33,6 +32,7 @@ from app.store.errors import WriteGaveUp, row_error_message
 from app.store.positions import Claim, Fence
 from app.store.sink import BatchResult, Undeliverable
 from schemas.envelope import Envelope
+from schemas.outcomes import count_statuses
 from schemas.vocabulary import RecordStatus
 from schemas.write_plan import Verdict
 
@@ -145,8 +145,11 @@ class PartitionApplier:
             last = n == len(chunks) - 1
             result = await self._write_chunk(chunk, undeliverable if last else [])
             sent.append(await self._publish(result, chunk))
-            for status, count in Counter(o.status for o in result.outcomes).items():
-                metrics.records_written.labels(chunk[0].target if chunk else "", status).inc(count)
+            for counts in count_statuses(result.blocks).values():
+                for status, count in counts.items():
+                    if count:
+                        metrics.records_written.labels(chunk[0].target if chunk else "",
+                                                       status).inc(count)
         return sent
 
     async def _write_chunk(self, envelopes: list[Envelope],
@@ -158,7 +161,7 @@ class PartitionApplier:
             started = time.perf_counter()
             with metrics.timed_stage("write") as stage:
                 result = await self._sink.write(envelopes, self.owner, undeliverable)
-                stage.records = len(result.outcomes)
+                stage.records = result.records
             metrics.batch_seconds.observe(time.perf_counter() - started)
             return result
 

@@ -9,7 +9,6 @@ names come from ``JobState``: the SQL below is built from it, not spelled again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -236,72 +235,6 @@ async def get_for_tenant(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[s
     row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1 AND tenant = $2",
                               job_id, tenant)
     return dict(row) if row is not None else None
-
-
-RESULTS_PAGE_ROWS = 1000
-"""Index values per page of a results listing: one short query, and about the most a
-listing holds in memory while it waits on its client."""
-
-
-def results_page_query(*, bounded: bool, filtered: bool, after: bool) -> str:
-    """The query for one page of a job's outcomes, in the ledger's key order.
-
-    Parameters: $1 job, $2 row limit, $3 lowest idx, then the idx the page stops before
-    when ``bounded``, the status when ``filtered``, the last (idx, written_on) already
-    listed when ``after``. The idx range bounds what the query touches to one page of the
-    primary key (job_id, idx, written_on) whatever plan the planner picks, even on a day
-    partition with no statistics yet: no page re-reads the rest of the job.
-    """
-    clauses = ["job_id = $1", "idx >= $3"]
-    n = 3
-    if bounded:
-        n += 1
-        clauses.append(f"idx < ${n}")
-    if filtered:
-        n += 1
-        clauses.append(f"status = ${n}")
-    if after:
-        clauses.append(f"(idx, written_on) > (${n + 1}, ${n + 2})")
-    return ("SELECT idx, status, key, code, message, written_on FROM sluice_record_results"
-            f" WHERE {' AND '.join(clauses)} ORDER BY idx, written_on LIMIT $2")
-
-
-async def iter_results(
-    pool: asyncpg.Pool, job_id: str, status: str | None, *, records: int,
-    page_rows: int = RESULTS_PAGE_ROWS,
-) -> AsyncIterator[list[asyncpg.Record]]:
-    """A job's per-record outcomes in index order, a page at a time.
-
-    Each page is read on a pooled connection that is released before the page is yielded:
-    whoever consumes the pages (a client reading slowly, or not at all) holds no
-    connection and no transaction meanwhile. Pages cover ``page_rows`` index values each
-    up to ``records`` (the job's record count), then whatever lies beyond it. There is no
-    snapshot across pages: a job still running may list outcomes written during the
-    listing; none twice, none out of order.
-    """
-    lo, after = 0, None
-    limit = page_rows + 1  # more rows than index values: one index on several days
-    while True:
-        hi = lo + page_rows if lo < records else None
-        args: list[Any] = [job_id, limit, lo]
-        if hi is not None:
-            args.append(hi)
-        if status is not None:
-            args.append(status)
-        if after is not None:
-            args.extend(after)
-        query = results_page_query(bounded=hi is not None, filtered=status is not None,
-                                   after=after is not None)
-        async with pool.acquire() as conn:
-            page = list(await conn.fetch(query, *args))
-        if page:
-            yield page
-        if len(page) == limit:  # more in this range: go on after the last row listed
-            lo, after = page[-1]["idx"], (page[-1]["idx"], page[-1]["written_on"])
-        elif hi is None:
-            return
-        else:
-            lo, after = hi, None
 
 
 async def pending_work_by_tenant(pool: asyncpg.Pool) -> tuple[dict[str, int], float]:

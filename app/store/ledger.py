@@ -1,24 +1,36 @@
-"""The outcomes ledger: one row per record in ``sluice_record_results``, kept for a retention.
+"""The outcomes ledger: one row per block of outcomes in ``sluice_outcome_blocks``.
 
 The ledger is written in the same transaction as the rows, so an envelope delivered
-again after a crash finds its records there and is re-published, never re-applied. It
-is partitioned by the day an outcome was written, and whole days are dropped once older
-than the retention: no row-by-row DELETE, and its size is bounded by the retention.
+again after a crash finds its records there and is re-published, never re-applied.
+
+A row holds one envelope's outcomes as arrays (indexes, one status letter per record,
+keys, and codes and messages only when a record has one): a row per record weighed
+more than the target's own row and its index entry, and was most of the database's
+work. ``sluice_record_results`` is a view expanding the blocks record by record, for
+analysts' SQL. The ledger is partitioned by the day a block was written, and whole days
+are dropped once older than the retention: no row-by-row DELETE.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, timedelta
-from typing import Any, NamedTuple
 
 import asyncpg
 
+from schemas.outcomes import LETTER, MAX_BLOCK_SPAN, STATUS_OF, Outcome, OutcomeBlock
+from schemas.vocabulary import RecordStatus
+
 log = logging.getLogger(__name__)
 
-TABLE = "sluice_record_results"
+__all__ = ["Outcome", "OutcomeBlock", "record", "written_firsts", "outcomes_in", "iter_outcomes"]
+
+TABLE = "sluice_outcome_blocks"
+VIEW = "sluice_record_results"
+"""Per-record rows, expanded from the blocks (and the per-record table of earlier releases)."""
 PARTITION_PREFIX = f"{TABLE}_p"
 DAYS_AHEAD = 2
 """Day partitions made in advance, so a write never meets a day without one."""
@@ -28,34 +40,71 @@ _DAY = re.compile(r"[0-9]{8}")
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     job_id     text NOT NULL,
-    idx        bigint NOT NULL,
-    status     text NOT NULL,
-    key        text,
-    code       text,
-    message    text,
+    first_idx  bigint NOT NULL,
+    last_idx   bigint NOT NULL,
     written_on date NOT NULL DEFAULT current_date,
-    PRIMARY KEY (job_id, idx, written_on)
+    idx        bigint[] NOT NULL,
+    statuses   text NOT NULL,
+    keys       text[] NOT NULL,
+    codes      text[],
+    messages   text[],
+    failed     integer NOT NULL,
+    duplicates integer NOT NULL,
+    aborted    integer NOT NULL,
+    PRIMARY KEY (job_id, first_idx, written_on)
 ) PARTITION BY RANGE (written_on);
 CREATE TABLE IF NOT EXISTS {TABLE}_default PARTITION OF {TABLE} DEFAULT;
 """
-"""The default partition is a safety net only: maintenance keeps days ahead made."""
+"""The default partition is a safety net only: maintenance keeps days ahead made.
+``failed``, ``duplicates`` and ``aborted`` count the block's statuses, so a listing of one
+status skips the blocks without it."""
 
-COLUMNS = ("job_id", "idx", "status", "key", "code", "message")
+COLUMNS = ("job_id", "first_idx", "last_idx", "idx", "statuses", "keys", "codes", "messages",
+           "failed", "duplicates", "aborted")
+_COUNTED = {RecordStatus.FAILED: "failed", RecordStatus.DUPLICATE: "duplicates",
+            RecordStatus.ABORTED: "aborted"}
+"""The statuses a block counts, and their column (succeeded is what the others leave)."""
 
 
-class Outcome(NamedTuple):
-    """What happened to one record (a named tuple: one is made per record)."""
+def _status_case(column: str) -> str:
+    """SQL turning a status letter into its name."""
+    whens = " ".join(f"WHEN '{letter}' THEN '{status}'" for letter, status in STATUS_OF.items())
+    return f"CASE {column} {whens} END"
 
-    job_id: str
-    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here uses
-    status: str
-    key: str | None
-    code: str | None = None
-    message: str | None = None
+
+def _letter_case(column: str) -> str:
+    """SQL turning a status name into its letter."""
+    whens = " ".join(f"WHEN '{status}' THEN '{letter}'" for status, letter in LETTER.items())
+    return f"CASE {column} {whens} END"
+
+
+VIEW_DDL = f"""
+CREATE OR REPLACE VIEW {VIEW} AS
+SELECT b.job_id, r.idx, {_status_case('r.letter')} AS status, r.key, r.code, r.message,
+       b.written_on
+FROM {TABLE} b
+CROSS JOIN LATERAL unnest(b.idx, string_to_array(b.statuses, NULL), b.keys,
+                          coalesce(b.codes, array_fill(NULL::text, ARRAY[cardinality(b.idx)])),
+                          coalesce(b.messages, array_fill(NULL::text, ARRAY[cardinality(b.idx)])))
+    AS r(idx, letter, key, code, message)
+"""
+
+_MIGRATE_PER_RECORD = f"""
+INSERT INTO {TABLE} ({', '.join(COLUMNS)}, written_on)
+SELECT job_id, min(idx), max(idx), array_agg(idx ORDER BY idx),
+       string_agg({_letter_case('status')}, '' ORDER BY idx),
+       array_agg(key ORDER BY idx), array_agg(code ORDER BY idx), array_agg(message ORDER BY idx),
+       count(*) FILTER (WHERE status = '{RecordStatus.FAILED}'),
+       count(*) FILTER (WHERE status = '{RecordStatus.DUPLICATE}'),
+       count(*) FILTER (WHERE status = '{RecordStatus.ABORTED}'),
+       written_on
+FROM {{old}} GROUP BY job_id, written_on, idx / 1000
+"""
+"""Per-record outcomes of an earlier release, a block per job, day and thousand indexes."""
 
 
 def partition_name(day: date) -> str:
-    """The partition holding outcomes written on ``day``."""
+    """The partition holding blocks written on ``day``."""
     return f"{PARTITION_PREFIX}{day:%Y%m%d}"
 
 
@@ -76,26 +125,25 @@ def expired(partitions: Iterable[str], today: date, retention_days: int) -> list
     return sorted(p for p in partitions if (d := day_of(p)) is not None and d < horizon)
 
 
+async def _make_day(conn: asyncpg.Connection, day: date) -> None:
+    await conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF {TABLE} "
+        f"FOR VALUES FROM ('{day:%Y-%m-%d}') TO ('{day + timedelta(days=1):%Y-%m-%d}')")
+
+
 async def create(conn: asyncpg.Connection) -> None:
-    """Create the ledger, turning a ledger from before partitioning into its first partition."""
+    """Create the ledger and its view; move a per-record ledger of an earlier release into it."""
+    await conn.execute(DDL)
     kind = await conn.fetchval(
-        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", TABLE)
-    if kind == "r":
-        # An unpartitioned ledger of an earlier release: keep its rows for one retention,
-        # as the partition of the day before this upgrade.
-        today: date = await conn.fetchval("SELECT current_date")
-        legacy = partition_name(today - timedelta(days=1))
-        await conn.execute(f"ALTER TABLE {TABLE} RENAME TO {legacy}")
-        await conn.execute(f"ALTER TABLE {legacy} RENAME CONSTRAINT {TABLE}_pkey TO {legacy}_pkey")
-        await conn.execute(
-            f"ALTER TABLE {legacy} ADD COLUMN written_on date NOT NULL "
-            f"DEFAULT '{today - timedelta(days=1):%Y-%m-%d}'")
-        await conn.execute(DDL)
-        await conn.execute(f"ALTER TABLE {TABLE} ATTACH PARTITION {legacy} "
-                           f"FOR VALUES FROM (MINVALUE) TO ('{today:%Y-%m-%d}')")
-        log.info("outcomes ledger partitioned; earlier outcomes kept in %s", legacy)
-    else:
-        await conn.execute(DDL)
+        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", VIEW)
+    if kind in ("r", "p"):
+        days = [r["day"] for r in await conn.fetch(f"SELECT DISTINCT written_on AS day FROM {VIEW}")]
+        for day in days:  # before the rows, so that none lands in the default partition
+            await _make_day(conn, day)
+        moved = await conn.execute(_MIGRATE_PER_RECORD.format(old=VIEW))
+        await conn.execute(f"DROP TABLE {VIEW} CASCADE")
+        log.info("per-record outcomes ledger moved into blocks", extra={"result": moved})
+    await conn.execute(VIEW_DDL)
 
 
 async def maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
@@ -109,11 +157,8 @@ async def maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
             " WHERE i.inhparent = to_regclass($1)", TABLE)}
         for ahead in range(DAYS_AHEAD + 1):
             day = today + timedelta(days=ahead)
-            name = partition_name(day)
-            if name not in existing:
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {TABLE} "
-                    f"FOR VALUES FROM ('{day:%Y-%m-%d}') TO ('{day + timedelta(days=1):%Y-%m-%d}')")
+            if partition_name(day) not in existing:
+                await _make_day(conn, day)
         dropped = expired(existing, today, retention_days)
         for name in dropped:
             await conn.execute(f"DROP TABLE IF EXISTS {name}")
@@ -130,25 +175,117 @@ async def maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
     return dropped
 
 
-async def already_written(
-    conn: asyncpg.Connection, job_ids: Sequence[str], indexes: Sequence[int], since: date
+async def record(conn: asyncpg.Connection, blocks: Iterable[OutcomeBlock]) -> None:
+    """Add blocks to the ledger (binary COPY, one row per block)."""
+    rows = [
+        (b.job_id, b.first, b.last, b.indexes, b.statuses, b.keys, b.codes, b.messages,
+         b.count(RecordStatus.FAILED), b.count(RecordStatus.DUPLICATE),
+         b.count(RecordStatus.ABORTED))
+        for b in blocks if len(b)
+    ]
+    if rows:
+        await conn.copy_records_to_table(TABLE, records=rows, columns=list(COLUMNS))
+
+
+async def written_firsts(
+    conn: asyncpg.Connection, job_ids: Sequence[str], firsts: Sequence[int], since: date
+) -> set[tuple[str, int]]:
+    """Which (job, index) pairs start a block written on ``since`` or later: one index probe each.
+
+    An envelope from the web is written whole, so a block starting at its first index
+    says it was written; nothing else needs reading for an envelope not found.
+    """
+    if not job_ids:
+        return set()
+    rows = await conn.fetch(
+        "SELECT p.job_id, p.first FROM unnest($1::text[], $2::bigint[]) AS p(job_id, first)"
+        f" WHERE EXISTS (SELECT FROM {TABLE} b WHERE b.job_id = p.job_id"
+        " AND b.first_idx = p.first AND b.written_on >= $3)",
+        job_ids, firsts, since,
+    )
+    return {(r["job_id"], r["first"]) for r in rows}
+
+
+async def outcomes_in(
+    conn: asyncpg.Connection, job_ids: Sequence[str], lows: Sequence[int], highs: Sequence[int],
+    since: date,
 ) -> dict[tuple[str, int], Outcome]:
-    """Outcomes already in the ledger for these (job, index) pairs, written on ``since`` or later."""
+    """Outcomes written on ``since`` or later for indexes lowᵢ..highᵢ of job job_idᵢ.
+
+    A block starts at most MAX_BLOCK_SPAN before any index it holds, so only blocks
+    starting in that window are read.
+    """
     if not job_ids:
         return {}
     rows = await conn.fetch(
-        # LATERAL: one index probe per record, never a scan of the ledger.
-        "SELECT r.job_id, r.idx, r.status, r.key, r.code, r.message"
-        " FROM unnest($1::text[], $2::bigint[]) AS b(job_id, idx) CROSS JOIN LATERAL ("
-        f" SELECT * FROM {TABLE} r WHERE r.job_id = b.job_id AND r.idx = b.idx"
-        " AND r.written_on >= $3 LIMIT 1) r",
-        job_ids, indexes, since,
+        "SELECT DISTINCT ON (b.job_id, b.first_idx, b.written_on) b.job_id, b.idx, b.statuses,"
+        " b.keys, b.codes, b.messages"
+        " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(job_id, lo, hi)"
+        f" JOIN {TABLE} b ON b.job_id = r.job_id AND b.first_idx BETWEEN r.lo - $5 AND r.hi"
+        " AND b.last_idx >= r.lo AND b.written_on >= $4",
+        job_ids, lows, highs, since, MAX_BLOCK_SPAN,
     )
-    return {(r["job_id"], r["idx"]): Outcome(*r) for r in rows}
+    wanted = list(zip(job_ids, lows, highs, strict=True))
+    found: dict[tuple[str, int], Outcome] = {}
+    for row in rows:
+        ranges = [(lo, hi) for job, lo, hi in wanted if job == row["job_id"]]
+        for outcome in _block_of(row).outcomes():
+            if any(lo <= outcome.index <= hi for lo, hi in ranges):
+                found[(outcome.job_id, outcome.index)] = outcome
+    return found
 
 
-async def record(conn: asyncpg.Connection, outcomes: Iterable[Outcome]) -> None:
-    """Add outcomes to the ledger (binary COPY)."""
-    records: list[Any] = list(outcomes)
-    if records:
-        await conn.copy_records_to_table(TABLE, records=records, columns=list(COLUMNS))
+def _index(outcome: Outcome) -> int:
+    return outcome.index
+
+
+def _block_of(row: asyncpg.Record) -> OutcomeBlock:
+    return OutcomeBlock(row["job_id"], list(row["idx"]), row["statuses"], list(row["keys"]),
+                        list(row["codes"]) if row["codes"] is not None else None,
+                        list(row["messages"]) if row["messages"] is not None else None)
+
+
+BLOCKS_PER_PAGE = 64
+"""Blocks read per query of a results listing: one short query, a page of a few tens of
+thousands of outcomes at most, and about the most a listing holds while it waits on its client."""
+
+
+async def iter_outcomes(
+    pool: asyncpg.Pool, job_id: str, status: RecordStatus | None, *,
+    blocks_per_page: int = BLOCKS_PER_PAGE,
+) -> AsyncIterator[list[Outcome]]:
+    """A job's per-record outcomes in index order, a page at a time.
+
+    Blocks are read in the order of their first index, a page of blocks per query on a
+    pooled connection released before the page is yielded: whoever consumes the pages
+    (a client reading slowly, or not at all) holds no connection meanwhile. An outcome
+    is yielded once no block still unread can hold a lower index: blocks not read yet
+    start at or after the last block read. There is no snapshot across pages: a job
+    still running may list outcomes written during the listing; none twice, none out of order.
+    """
+    select = ("SELECT job_id, first_idx, written_on, idx, statuses, keys, codes, messages"
+              f" FROM {TABLE} WHERE job_id = $1")
+    if status is not None and status in _COUNTED:
+        select += f" AND {_COUNTED[status]} > 0"
+    held: list[Outcome] = []  # read but not yet yielded, in index order
+    after: tuple[int, date] | None = None
+    while True:
+        async with pool.acquire() as conn:
+            if after is None:
+                rows = await conn.fetch(
+                    f"{select} ORDER BY first_idx, written_on LIMIT $2", job_id, blocks_per_page)
+            else:
+                rows = await conn.fetch(
+                    f"{select} AND (first_idx, written_on) > ($3, $4)"
+                    " ORDER BY first_idx, written_on LIMIT $2", job_id, blocks_per_page, *after)
+        for row in rows:
+            held.extend(o for o in _block_of(row).outcomes() if status is None or o.status == status)
+        held.sort(key=_index)  # runs already in order: a merge
+        done = len(rows) < blocks_per_page
+        cut = len(held) if done else bisect.bisect_left(held, rows[-1]["first_idx"], key=_index)
+        if cut:
+            yield held[:cut]
+            del held[:cut]
+        if done:
+            return
+        after = (rows[-1]["first_idx"], rows[-1]["written_on"])

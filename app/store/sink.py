@@ -14,7 +14,7 @@ there and is re-published, never re-applied.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, NamedTuple
@@ -25,12 +25,12 @@ from app.errors import SluiceError
 from app.store import jobs as job_store
 from app.store import ledger, reports
 from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
-from app.store.ledger import Outcome
 from app.store.positions import Claim, Fence, PartitionPositions
 from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
 from schemas.envelope import UNKNOWN_TARGET, Envelope
 from schemas.identity import key_json_encoder
-from schemas.sql import TargetStatements, statements_for
+from schemas.outcomes import BlockBuilder, Outcome, OutcomeBlock, blocks_of, count_statuses
+from schemas.sql import TENANT, TargetStatements, statements_for
 from schemas.targets import Target
 from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, JobState, Operation, RecordStatus
 from schemas.write_plan import (
@@ -76,21 +76,68 @@ class _Job(NamedTuple):
 class BatchResult:
     """What one committed chunk produced, for the agent to publish after the commit."""
 
-    outcomes: list[Outcome] = field(default_factory=list)
+    blocks: list[OutcomeBlock] = field(default_factory=list)
+    """The outcomes written by this chunk, a block per envelope."""
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Job snapshots after this chunk's counts were added."""
-    replayed: list[Outcome] = field(default_factory=list)
+    replayed: list[OutcomeBlock] = field(default_factory=list)
     """Outcomes found already written: a redelivered envelope; published again."""
 
+    @classmethod
+    def of(cls, outcomes: Iterable[Outcome] = (), replayed: Iterable[Outcome] = (),
+           jobs: dict[str, dict[str, Any]] | None = None) -> BatchResult:
+        """A result from per-record outcomes."""
+        return cls(blocks_of(outcomes), dict(jobs or {}), blocks_of(replayed))
 
-class _Pending(NamedTuple):
-    """A valid record waiting for its write."""
+    @property
+    def records(self) -> int:
+        """Outcomes written by this chunk."""
+        return sum(len(b) for b in self.blocks)
 
-    job_id: str
-    index: int  # type: ignore[assignment]  # shadows tuple.index, which nothing here uses
-    operation: Operation
-    row: tuple[Any, ...]
-    tenant: str | None
+    def outcomes(self) -> Iterator[Outcome]:
+        """The outcomes written by this chunk, record by record."""
+        for block in self.blocks:
+            yield from block.outcomes()
+
+
+@dataclass(slots=True)
+class _TargetRecords:
+    """One target's valid records of a chunk, in log order, waiting for their write; each
+    knows the block (and position in it) its outcome goes to."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    operations: list[Operation] = field(default_factory=list)
+    tenants: list[str | None] = field(default_factory=list)
+    builders: list[BlockBuilder] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    inserts_only: bool = True
+
+
+class _DirectCopy:
+    """When to try copying a chunk straight into its table: after a miss (a key already
+    there, a row refused), not for the next few chunks of that target, twice as many
+    after each further miss, so that dirty data costs one failed COPY now and then."""
+
+    MAX_SKIP = 64
+
+    def __init__(self) -> None:
+        self._skip: dict[str, int] = {}
+        self._backoff: dict[str, int] = {}
+
+    def worth_trying(self, target: str) -> bool:
+        left = self._skip.get(target, 0)
+        if left:
+            self._skip[target] = left - 1
+            return False
+        return True
+
+    def hit(self, target: str) -> None:
+        self._backoff.pop(target, None)
+
+    def miss(self, target: str) -> None:
+        backoff = min(self._backoff.get(target, 1) * 2, self.MAX_SKIP)
+        self._backoff[target] = backoff
+        self._skip[target] = backoff
 
 
 class PostgresSink:
@@ -106,6 +153,7 @@ class PostgresSink:
         self._targets: dict[str, Target] = {}
         self._statements: dict[str, TargetStatements] = {}
         self._checks: dict[str, RowChecks] = {}
+        self._direct = _DirectCopy()
         self.add_targets(targets)
 
     def add_targets(self, targets: Mapping[str, Target]) -> None:
@@ -149,14 +197,15 @@ class PostgresSink:
             jobs = await self._jobs(conn, envelopes, undeliverable)
             live = [e for e in envelopes if e.job_id in jobs]
             done = await self._already_written(conn, live, jobs)
-            result = BatchResult(replayed=list(done.values()))
-            pending: dict[str, list[_Pending]] = {}
-            for envelope in live:
-                self._sort_items(envelope, jobs[envelope.job_id], done, result, pending, give_up)
+            pending: dict[str, _TargetRecords] = {}
+            builders = [self._sort_items(envelope, jobs[envelope.job_id], done, pending, give_up)
+                        for envelope in live]
             for target_name in sorted(pending):
-                await self._apply(conn, self._targets[target_name], pending[target_name], result)
-            await ledger.record(conn, result.outcomes)
-            result.jobs = await _update_jobs(conn, live, result.outcomes, undeliverable, jobs)
+                await self._apply(conn, self._targets[target_name], pending[target_name])
+            result = BatchResult([block for builder in builders for block in builder.blocks()],
+                                 replayed=blocks_of(done.values()))
+            await ledger.record(conn, result.blocks)
+            result.jobs = await _update_jobs(conn, live, result.blocks, undeliverable, jobs)
             await reports.enqueue_terminal(conn, [
                 job_id for job_id, job in jobs.items()
                 if job.state in TERMINAL_STATES
@@ -169,59 +218,83 @@ class PostgresSink:
         envelope: Envelope,
         job: _Job,
         done: Mapping[tuple[str, int], Outcome],
-        result: BatchResult,
-        pending: dict[str, list[_Pending]],
+        pending: dict[str, _TargetRecords],
         give_up: Verdict | None,
-    ) -> None:
-        """Settle what needs no write (replayed, halted, invalid, unknown target); queue the rest."""
+    ) -> BlockBuilder:
+        """The envelope's block: outcomes settled for what needs no write (replayed, halted,
+        invalid, unknown target); the rest queued for their target's write, as succeeded
+        until the write says otherwise."""
         target = self._targets.get(envelope.target)
         key_json = key_json_encoder(target) if target is not None else None
         halted = job.state in HALTED_STATES
         job_id, operation = envelope.job_id, Operation(envelope.operation)
-        queue = pending.setdefault(envelope.target, []) if target is not None else None
-        outcomes = result.outcomes
+        builder = BlockBuilder(job_id)
+        add = builder.add
+        queue = pending.get(envelope.target) or pending.setdefault(envelope.target, _TargetRecords()) \
+            if target is not None and not halted and give_up is None else None
+        if queue is not None:
+            rows, operations, tenants = queue.rows, queue.operations, queue.tenants
+            builders, positions = queue.builders, queue.positions
+            queue.inserts_only = queue.inserts_only and operation is Operation.INSERT
+        tenant = job.tenant
+        succeeded = RecordStatus.SUCCEEDED
         for item in envelope.items:
             if done and (job_id, item.index) in done:
                 continue
             row = item.row
-            if queue is not None and row is not None and not halted and give_up is None:
-                queue.append(_Pending(job_id, item.index, operation, row, job.tenant))
-                continue
-            key = key_json(row) if key_json is not None and row is not None else None
-            if halted:
-                outcomes.append(Outcome(job_id, item.index, RecordStatus.ABORTED, key))
-            elif row is None:
-                outcomes.append(Outcome(job_id, item.index, RecordStatus.FAILED, None,
-                                        item.error_code, item.error_message))
+            if row is None:
+                add(item.index, RecordStatus.ABORTED if halted else RecordStatus.FAILED, None,
+                    None if halted else item.error_code, None if halted else item.error_message)
+            elif queue is not None:
+                assert key_json is not None
+                positions.append(add(item.index, succeeded, key_json(row)))
+                rows.append(row)
+                operations.append(operation)
+                tenants.append(tenant)
+                builders.append(builder)
+            elif halted:
+                add(item.index, RecordStatus.ABORTED, key_json(row) if key_json else None)
             elif give_up is not None:
-                outcomes.append(Outcome(job_id, item.index, give_up.status, key,
-                                        give_up.code, give_up.message))
+                add(item.index, give_up.status, key_json(row) if key_json else None,
+                    give_up.code, give_up.message)
             else:
-                outcomes.append(Outcome(job_id, item.index, RecordStatus.FAILED, None, UNKNOWN_TARGET,
-                                        f"this worker knows no target named {envelope.target!r}"))
+                add(item.index, RecordStatus.FAILED, None, UNKNOWN_TARGET,
+                    f"this worker knows no target named {envelope.target!r}")
+        return builder
 
-    async def _apply(
-        self, conn: asyncpg.Connection, target: Target, records: list[_Pending], result: BatchResult
-    ) -> None:
-        """Stage, check, read, plan and write one target's records; add their outcomes."""
+    async def _apply(self, conn: asyncpg.Connection, target: Target, records: _TargetRecords) -> None:
+        """Write one target's records; settle the outcome of each that did not succeed.
+
+        Inserts of distinct keys are first copied straight into the table (under a
+        savepoint): the common case then costs one COPY. If the table refuses any of
+        them (a key already there, a rule), nothing of that COPY stays, and the records
+        take the general path: stage, check, read, plan, write.
+        """
+        if (records.inserts_only and self._direct.worth_trying(target.name)
+                and len(set(map(target.key_of, records.rows))) == len(records.rows)):
+            if await _copy_direct(conn, target, records):
+                self._direct.hit(target.name)
+                return
+            self._direct.miss(target.name)
         sql = self._statements[target.name]
         checks = self._checks[target.name]
         key_of = target.key_of
+        rows, tenants = records.rows, records.tenants
         await conn.execute(sql.prepare_stage)
         await conn.copy_records_to_table(
             sql.stage, columns=list(sql.stage_columns),
-            records=[(n, *r.row, r.tenant) for n, r in enumerate(records)],
+            records=[(n, *row, tenants[n]) for n, row in enumerate(rows)],
         )
-        steps = [Step(n, r.operation, key_of(r.row), r.row, r.tenant) for n, r in enumerate(records)]
+        steps = [Step(n, op, key_of(rows[n]), rows[n], tenants[n])
+                 for n, op in enumerate(records.operations)]
         checked = [s.ord for s in steps if s.operation is not Operation.DELETE]
         verdicts = await _insert_all_new(conn, sql, checks, steps, checked)
         if verdicts is None:
             verdicts = await self._plan_and_write(conn, sql, checks, steps, checked)
-        key_json = key_json_encoder(target)
-        append = result.outcomes.append
-        for n, record in enumerate(records):
-            v = verdicts[n]
-            append(Outcome(record.job_id, record.index, v.status, key_json(record.row), v.code, v.message))
+        builders, positions = records.builders, records.positions
+        for n, v in verdicts.items():
+            if v is not SUCCEEDED:
+                builders[n].settle(positions[n], v.status, v.code, v.message)
 
     @staticmethod
     async def _plan_and_write(
@@ -285,16 +358,18 @@ class PostgresSink:
         # for clocks): older day partitions need not be searched.
         since = min(jobs[e.job_id].created_on for e in envelopes) - timedelta(days=1)
         whole = [e for e in envelopes if e.source_topic is None and e.items]
-        found = await ledger.already_written(
+        found = await ledger.written_firsts(
             conn, [e.job_id for e in whole], [e.items[0].index for e in whole], since)
-        by_record = [e for e in envelopes if e.source_topic is not None
-                     or (e.items and (e.job_id, e.items[0].index) in found)]
-        job_ids: list[str] = []
-        indexes: list[int] = []
-        for e in by_record:
-            job_ids.extend([e.job_id] * len(e.items))
-            indexes.extend(item.index for item in e.items)
-        return {**found, **await ledger.already_written(conn, job_ids, indexes, since)}
+        by_record = [e for e in envelopes if e.items and (
+            e.source_topic is not None or (e.job_id, e.items[0].index) in found)]
+        if not by_record:
+            return {}
+        written = await ledger.outcomes_in(
+            conn, [e.job_id for e in by_record], [min(i.index for i in e.items) for e in by_record],
+            [max(i.index for i in e.items) for e in by_record], since)
+        # Only the envelopes' own records: a block read may hold others near them.
+        return {(e.job_id, i.index): o for e in by_record for i in e.items
+                if (o := written.get((e.job_id, i.index))) is not None}
 
 
 async def _insert_all_new(
@@ -406,15 +481,34 @@ async def _write_isolating(
     return failures
 
 
+async def _copy_direct(conn: asyncpg.Connection, target: Target, records: _TargetRecords) -> bool:
+    """COPY the rows into the table under a savepoint; False (and nothing written) if the
+    table refused any row for a reason of the row's own."""
+    tenants = records.tenants
+    attempt = conn.transaction()  # a savepoint
+    await attempt.start()
+    try:
+        await conn.copy_records_to_table(
+            target.name, columns=[*target.column_names, TENANT],
+            records=[(*row, tenants[n]) for n, row in enumerate(records.rows)])
+    except asyncpg.PostgresError as e:
+        await attempt.rollback()
+        if classify(e) is not ErrorKind.ROW:
+            raise
+        return False
+    await attempt.commit()
+    return True
+
+
 async def _update_jobs(
-    conn: asyncpg.Connection, envelopes: Sequence[Envelope], outcomes: Sequence[Outcome],
+    conn: asyncpg.Connection, envelopes: Sequence[Envelope], blocks: Sequence[OutcomeBlock],
     undeliverable: Sequence[Undeliverable], jobs: Mapping[str, _Job],
 ) -> dict[str, dict[str, Any]]:
+    by_job = count_statuses(blocks)
     counts: dict[str, list[int]] = {e.job_id: [0, 0, 0, 0] for e in envelopes}
-    slot = {RecordStatus.SUCCEEDED: 0, RecordStatus.FAILED: 1, RecordStatus.DUPLICATE: 2,
-            RecordStatus.ABORTED: 3}
-    for o in outcomes:
-        counts[o.job_id][slot[RecordStatus(o.status)]] += 1
+    for job_id, c in by_job.items():
+        counts[job_id] = [c[RecordStatus.SUCCEEDED], c[RecordStatus.FAILED],
+                          c[RecordStatus.DUPLICATE], c[RecordStatus.ABORTED]]
     for u in undeliverable:
         if u.job_id is not None and u.job_id in jobs:
             counts.setdefault(u.job_id, [0, 0, 0, 0])[1] += u.records

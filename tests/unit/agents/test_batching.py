@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.apply.batching import chunk_by_records, outcome_document, result_messages
-from app.store.ledger import Outcome
+from agents.apply.batching import chunk_by_records, outcome_documents, result_messages
 from app.store.sink import BatchResult
 from schemas.envelope import Envelope, Item
+from schemas.outcomes import Outcome, blocks_of
 from schemas.vocabulary import RecordStatus
 
 SUCCEEDED, FAILED, DUPLICATE = RecordStatus.SUCCEEDED, RecordStatus.FAILED, RecordStatus.DUPLICATE
@@ -114,7 +114,7 @@ KEY = '{"sensor_id":"s-1","sampled_at":"2024-05-01T12:00:00Z"}'
 def test_one_message_per_job_with_sorted_outcomes() -> None:
     envelopes = [_envelope(2, "job-a"), _envelope(2, "job-b", operation="upsert"),
                  _envelope(1, "job-a")]
-    result = BatchResult(
+    result = BatchResult.of(
         outcomes=[
             Outcome("job-a", 3, SUCCEEDED, KEY),
             Outcome("job-b", 1, FAILED, None, "wrong_type", "field 'value': expected double"),
@@ -153,7 +153,7 @@ def test_one_message_per_job_with_sorted_outcomes() -> None:
 
 
 def test_key_is_embedded_as_a_json_object() -> None:
-    result = BatchResult(outcomes=[Outcome("job", 0, SUCCEEDED, KEY)])
+    result = BatchResult.of(outcomes=[Outcome("job", 0, SUCCEEDED, KEY)])
     ((_, value),) = result_messages(result, [_envelope(1)])
     assert b'"key":{"sensor_id":"s-1"' in value
     key = orjson.loads(value)["outcomes"][0]["key"]
@@ -162,7 +162,7 @@ def test_key_is_embedded_as_a_json_object() -> None:
 
 
 def test_replayed_outcomes_are_published_again_in_index_order() -> None:
-    result = BatchResult(
+    result = BatchResult.of(
         outcomes=[Outcome("job", 4, SUCCEEDED, KEY), Outcome("job", 0, SUCCEEDED, KEY)],
         replayed=[Outcome("job", 3, FAILED, None, "wrong_type", "bad"),
                   Outcome("job", 1, SUCCEEDED, KEY)],
@@ -173,7 +173,7 @@ def test_replayed_outcomes_are_published_again_in_index_order() -> None:
 
 
 def test_a_fully_replayed_job_still_gets_its_message() -> None:
-    result = BatchResult(replayed=[Outcome("job", 0, SUCCEEDED, KEY)])
+    result = BatchResult.of(replayed=[Outcome("job", 0, SUCCEEDED, KEY)])
     docs = _decode(result_messages(result, [_envelope(1)]))
     assert [o["index"] for o in docs["job"]["outcomes"]] == [0]
     assert docs["job"]["job"] is None
@@ -183,7 +183,7 @@ def test_producer_envelopes_carry_their_source_and_offsets() -> None:
     job_id = "sluice.input.sensor_readings:2"
     envelope = _envelope(1, job_id, source_topic="sluice.input.sensor_readings",
                          source_partition=2, operation="upsert")
-    result = BatchResult(outcomes=[Outcome(job_id, 17, SUCCEEDED, KEY),
+    result = BatchResult.of(outcomes=[Outcome(job_id, 17, SUCCEEDED, KEY),
                                    Outcome(job_id, 9, FAILED, None, "wrong_type", "m")])
     doc = _decode(result_messages(result, [envelope]))[job_id]
     assert doc["source"] == {"topic": "sluice.input.sensor_readings", "partition": 2}
@@ -192,14 +192,15 @@ def test_producer_envelopes_carry_their_source_and_offsets() -> None:
 
 
 def test_http_outcomes_have_no_offset() -> None:
-    result = BatchResult(outcomes=[Outcome("job", 0, SUCCEEDED, KEY)])
+    result = BatchResult.of(outcomes=[Outcome("job", 0, SUCCEEDED, KEY)])
     doc = _decode(result_messages(result, [_envelope(1)]))["job"]
     assert "offset" not in doc["outcomes"][0]
 
 
 @pytest.mark.parametrize("from_kafka", [False, True])
 def test_outcome_document(from_kafka: bool) -> None:
-    doc = outcome_document(Outcome("job", 5, DUPLICATE, KEY), from_kafka=from_kafka)
+    (doc,) = outcome_documents(blocks_of([Outcome("job", 5, DUPLICATE, KEY)])[0],
+                               from_kafka=from_kafka)
     decoded = orjson.loads(orjson.dumps(doc))
     expected = {"index": 5, "status": "duplicate", "key": orjson.loads(KEY),
                 "code": None, "message": None}
@@ -210,7 +211,7 @@ def test_outcome_document(from_kafka: bool) -> None:
 
 def test_source_partition_zero() -> None:
     envelope = _envelope(1, "in:0", source_topic="in", source_partition=0)
-    result = BatchResult(outcomes=[Outcome("in:0", 0, SUCCEEDED, KEY)])
+    result = BatchResult.of(outcomes=[Outcome("in:0", 0, SUCCEEDED, KEY)])
     assert _decode(result_messages(result, [envelope]))["in:0"]["source"] == {
         "topic": "in", "partition": 0
     }
@@ -219,7 +220,7 @@ def test_source_partition_zero() -> None:
 def test_job_snapshot_is_included_with_datetimes_serialised() -> None:
     completed = datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC)
     snapshot = _snapshot("job", state="completed_with_errors", completed_at=completed)
-    result = BatchResult(outcomes=[Outcome("job", 0, SUCCEEDED, KEY)], jobs={"job": snapshot})
+    result = BatchResult.of(outcomes=[Outcome("job", 0, SUCCEEDED, KEY)], jobs={"job": snapshot})
     job = _decode(result_messages(result, [_envelope(1)]))["job"]["job"]
     assert job["state"] == "completed_with_errors"
     assert job["records_received"] == 4
@@ -237,7 +238,7 @@ def test_jobs_without_outcomes_publish_nothing() -> None:
 
 @pytest.mark.parametrize("key", [None, ""])
 def test_missing_key_is_null(key: str | None) -> None:
-    result = BatchResult(outcomes=[Outcome("job", 0, FAILED, key, "c", "m")])
+    result = BatchResult.of(outcomes=[Outcome("job", 0, FAILED, key, "c", "m")])
     doc = _decode(result_messages(result, [_envelope(1)]))["job"]
     assert doc["outcomes"][0]["key"] is None
 
@@ -245,7 +246,7 @@ def test_missing_key_is_null(key: str | None) -> None:
 def test_outcomes_of_one_job_are_split_to_fit_a_message() -> None:
     envelope = _envelope(40)
     long_key = orjson.dumps({"sensor_id": "k" * 1_000}).decode()
-    result = BatchResult(outcomes=[
+    result = BatchResult.of(outcomes=[
         Outcome(envelope.job_id, i, "succeeded", long_key) for i in range(40)
     ])
     messages = result_messages(result, [envelope], max_bytes=10_000)

@@ -12,10 +12,10 @@ import pytest
 
 from agents.apply.decode import EnvelopeDecoder, RecordsMessage
 from agents.apply.partition import WRITE_GAVE_UP, ApplySettings, PartitionApplier
-from app.store.ledger import Outcome
 from app.store.positions import Claim, Fence, Fenced
 from app.store.sink import BatchResult, Undeliverable
 from schemas.envelope import Envelope, EnvelopeCodec
+from schemas.outcomes import Outcome
 from schemas.vocabulary import RecordStatus
 from schemas.write_plan import Verdict
 from tests.unit.conftest import make_envelope, make_message
@@ -43,7 +43,7 @@ class FakeSink:
         self.calls.append(("write", ([(e.job_id, [i.index for i in e.items]) for e in envelopes],
                                      list(undeliverable), give_up)))
         status = give_up.status if give_up else RecordStatus.SUCCEEDED
-        return BatchResult(outcomes=[Outcome(e.job_id, i.index, status, None)
+        return BatchResult.of(outcomes=[Outcome(e.job_id, i.index, status, None)
                                      for e in envelopes for i in e.items])
 
     async def advance(self, fence: Fence) -> None:

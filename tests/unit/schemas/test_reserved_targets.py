@@ -29,8 +29,9 @@ def _write(directory: Path, name: str) -> Path:
 
 def _sluice_relations() -> set[str]:
     """Every table and index Sluice creates, read from the DDL it runs (and the names it derives)."""
-    ddl = "\n".join([JOBS_DDL, reports.DDL, ledger.DDL])
+    ddl = "\n".join([JOBS_DDL, reports.DDL, ledger.DDL, ledger.VIEW_DDL])
     names = set(re.findall(r"CREATE (?:TEMP )?(?:TABLE|INDEX) IF NOT EXISTS (\w+)", ddl))
+    names |= set(re.findall(r"CREATE OR REPLACE VIEW (\w+)", ddl))
     names.add(ledger.partition_name(date(2024, 1, 31)))  # the ledger's day partitions
     names |= {f"{n}_pkey" for n in names}  # primary-key indexes
     # The staging table of a target with an ordinary name.
@@ -41,8 +42,8 @@ def _sluice_relations() -> set[str]:
 
 def test_the_ddl_scan_finds_sluice_s_tables() -> None:
     relations = _sluice_relations()
-    assert {"sluice_jobs", "sluice_record_results", "sluice_record_results_default",
-            "sluice_record_results_p20240131", "sluice_report_outbox",
+    assert {"sluice_jobs", "sluice_record_results", "sluice_outcome_blocks",
+            "sluice_outcome_blocks_default", "sluice_outcome_blocks_p20240131", "sluice_report_outbox",
             "sluice_consumer_positions", "sluice_undeliverable"} <= relations
     assert any(n.startswith("_sluice_stage_") for n in relations)
 

@@ -1,34 +1,29 @@
-"""Results listings: the page query, the paging over index ranges and the NDJSON rendering."""
+"""Results listings: blocks read in order of their first index, outcomes yielded in index
+order, and the NDJSON rendering."""
 
 from __future__ import annotations
 
-import re
+import random
 from contextlib import asynccontextmanager
 from datetime import date
 from typing import Any
 
 import orjson
+import pytest
 
-from app.store import jobs
+from app.store import ledger
+from schemas.outcomes import LETTER, Outcome, OutcomeBlock
+from schemas.vocabulary import RecordStatus
 from web.results_stream import render_page
 
 DAY1, DAY2 = date(2024, 5, 1), date(2024, 5, 2)
 
 
-def test_page_query_numbers_its_parameters_in_order() -> None:
-    q = jobs.results_page_query(bounded=True, filtered=True, after=True)
-    assert "idx >= $3 AND idx < $4 AND status = $5 AND (idx, written_on) > ($6, $7)" in q
-    q = jobs.results_page_query(bounded=False, filtered=False, after=True)
-    assert "job_id = $1 AND idx >= $3 AND (idx, written_on) > ($4, $5)" in q
-    assert q.endswith("ORDER BY idx, written_on LIMIT $2")
-
-
 class _Ledger:
-    """A pool whose one query is the page query, answered from rows in memory."""
+    """A pool whose one query is the block page query, answered from blocks in memory."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
-        self.queries = 0
         self.held = 0
 
     @asynccontextmanager
@@ -39,51 +34,72 @@ class _Ledger:
         finally:
             self.held -= 1
 
-    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        self.queries += 1
-        job_id, limit, lo, *rest = args
-        hi = rest.pop(0) if "idx < $" in query else None
-        status = rest.pop(0) if "status = $" in query else None
-        after = tuple(rest) if re.search(r"\(idx, written_on\) >", query) else None
+    async def fetch(self, query: str, job_id: str, limit: int, *after: Any) -> list[dict[str, Any]]:
+        column = next((c for c in ("failed", "duplicates", "aborted") if f"{c} > 0" in query), None)
         found = sorted(
-            (r for r in self.rows if r["job_id"] == job_id and r["idx"] >= lo
-             and (hi is None or r["idx"] < hi) and (status is None or r["status"] == status)
-             and (after is None or (r["idx"], r["written_on"]) > after)),
-            key=lambda r: (r["idx"], r["written_on"]))
+            (r for r in self.rows if r["job_id"] == job_id
+             and (column is None or r[column] > 0)
+             and (not after or (r["first_idx"], r["written_on"]) > tuple(after))),
+            key=lambda r: (r["first_idx"], r["written_on"]))
         return found[:limit]
 
 
-def _row(idx: int, status: str = "succeeded", day: date = DAY1) -> dict[str, Any]:
-    return {"job_id": "j", "idx": idx, "status": status, "key": None, "code": None,
-            "message": None, "written_on": day}
+def _row(block: OutcomeBlock, day: date) -> dict[str, Any]:
+    return {"job_id": block.job_id, "first_idx": block.first, "written_on": day,
+            "idx": block.indexes, "statuses": block.statuses, "keys": block.keys,
+            "codes": block.codes, "messages": block.messages,
+            "failed": block.count(RecordStatus.FAILED),
+            "duplicates": block.count(RecordStatus.DUPLICATE),
+            "aborted": block.count(RecordStatus.ABORTED)}
 
 
-async def _listed(ledger: _Ledger, status: str | None, records: int, page_rows: int) -> list[Any]:
-    out = []
-    async for page in jobs.iter_results(ledger, "j", status, records=records,  # type: ignore[arg-type]
-                                        page_rows=page_rows):
-        assert ledger.held == 0, "a page is handed over with its connection still held"
-        out += [(r["idx"], r["written_on"]) for r in page]
+def _blocks(records: int, partitions: int, per_block: int, seed: int) -> list[dict[str, Any]]:
+    """Records spread over partitions as the web spreads them (scattered indexes per
+    envelope), a block per envelope, written on one of two days."""
+    rnd = random.Random(seed)
+    by_partition: list[list[int]] = [[] for _ in range(partitions)]
+    for index in range(records):
+        by_partition[rnd.randrange(partitions)].append(index)
+    rows = []
+    letters = list(LETTER.values())
+    for indexes in by_partition:
+        for start in range(0, len(indexes), per_block):
+            part = indexes[start:start + per_block]
+            block = OutcomeBlock("j", part, "".join(rnd.choice(letters) for _ in part),
+                                 [None] * len(part))
+            rows.append(_row(block, rnd.choice((DAY1, DAY2))))
+    rnd.shuffle(rows)
+    return rows
+
+
+async def _listed(pool: _Ledger, status: RecordStatus | None, per_page: int) -> list[Outcome]:
+    out: list[Outcome] = []
+    async for page in ledger.iter_outcomes(pool, "j", status,  # type: ignore[arg-type]
+                                           blocks_per_page=per_page):
+        assert pool.held == 0, "a page is handed over with its connection still held"
+        assert page, "an empty page"
+        out += page
     return out
 
 
-async def test_every_outcome_once_in_order_across_pages_and_days() -> None:
-    # idx 4 and 5 on two days: 5 rows in the range [3, 6), more than a page holds, so the
-    # page goes on after its last row. Row 12 lies beyond the record count: listed too.
-    rows = [_row(i, "failed" if i % 3 == 0 else "succeeded") for i in range(10)]
-    rows += [_row(4, day=DAY2), _row(5, day=DAY2), _row(12)]  # and one beyond the count
-    ledger = _Ledger(rows)
-    expected = sorted((r["idx"], r["written_on"]) for r in rows)
-    assert await _listed(ledger, None, records=10, page_rows=3) == expected
-    failed = sorted((r["idx"], r["written_on"]) for r in rows if r["status"] == "failed")
-    assert await _listed(ledger, "failed", records=10, page_rows=3) == failed
-    assert await _listed(_Ledger([]), None, records=0, page_rows=3) == []
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("per_page", [1, 2, 7, 1000])
+async def test_every_outcome_once_in_index_order_whatever_the_blocks(seed: int, per_page: int) -> None:
+    rows = _blocks(500, partitions=4, per_block=16, seed=seed)
+    pool = _Ledger(rows)
+    everything = sorted((i, s) for r in rows for i, s in zip(r["idx"], r["statuses"], strict=True))
+    listed = await _listed(pool, None, per_page)
+    assert [(o.index, LETTER[RecordStatus(o.status)]) for o in listed] == everything
+    for status in RecordStatus:
+        wanted = [i for i, s in everything if s == LETTER[status]]
+        assert [o.index for o in await _listed(pool, status, per_page)] == wanted
+    assert await _listed(_Ledger([]), None, per_page) == []
 
 
 def test_render_page_is_the_documented_ndjson() -> None:
     page = [
-        {"idx": 0, "status": "succeeded", "key": '{"id":1}', "code": None, "message": None},
-        {"idx": 1, "status": "failed", "key": None, "code": "wrong_type", "message": "m"},
+        Outcome("j", 0, RecordStatus.SUCCEEDED, '{"id":1}'),
+        Outcome("j", 1, RecordStatus.FAILED, None, "wrong_type", "m"),
     ]
     assert render_page(page) == (
         b'{"index":0,"status":"succeeded","key":{"id":1}}\n'

@@ -14,7 +14,7 @@ TODAY = date(2024, 5, 10)
 
 
 def test_partition_name_is_the_table_and_the_day() -> None:
-    assert partition_name(date(2024, 5, 1)) == "sluice_record_results_p20240501"
+    assert partition_name(date(2024, 5, 1)) == "sluice_outcome_blocks_p20240501"
     assert partition_name(date(2024, 12, 31)) == f"{PARTITION_PREFIX}20241231"
 
 
