@@ -28,6 +28,7 @@ from agents.apply.batching import job_header, result_messages
 from agents.apply.decode import EnvelopeDecoder, RecordsMessage
 from agents.apply.partition import ApplySettings, PartitionApplier
 from agents.apply.retry import until_done
+from agents.apply.seal_signals import SealListener
 from agents.resources import resources
 from agents.topics import results_topic
 from app import metrics
@@ -94,6 +95,11 @@ class PartitionTask:
         self._arrived.set()
         if self._full():
             self._consumer.pause(self.tp)
+
+    def wake(self) -> None:
+        """Look again now if envelopes are held back (a job was sealed or failed)."""
+        if self._applier is not None and self._applier.waiting:
+            self._arrived.set()
 
     def _hole_before(self, first: int) -> bool:
         """True if fetching continued past the next offset expected and is read again.
@@ -181,11 +187,15 @@ class RecordsConsumer(faust.Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: dict[int, PartitionTask] = {}
         self._joined = asyncio.Event()
+        self._seals: SealListener | None = None
 
     async def on_start(self) -> None:
         """Make sure the topic exists, then join the group (assignment comes later)."""
         settings = get_settings()
         await resources.wait_ready()
+        _, dsn, _ = settings.require_services()
+        self._seals = SealListener(dsn, self._wake_waiting)
+        self._seals.start()
         assert settings.kafka_bootstrap is not None
         await ensure_topics(settings.kafka_bootstrap, [topics.records, topics.results],
                             settings.partitions)
@@ -205,8 +215,14 @@ class RecordsConsumer(faust.Service):
     async def on_stop(self) -> None:
         """Stop the partitions' tasks, then leave the group (its partitions move at once)."""
         await self.revoke(list(self._partitions))
+        if self._seals is not None:
+            await self._seals.stop()
         if self._consumer is not None:
             await self._consumer.stop()
+
+    def _wake_waiting(self) -> None:
+        for task in self._partitions.values():
+            task.wake()
 
     def assign(self, partitions: Sequence[int]) -> None:
         """Start a task per newly assigned partition; it fetches nothing until claimed."""

@@ -26,6 +26,10 @@ SEAL_GRACE_S = 5.0
 round trip, on the database's clock like the deadline itself."""
 LEGACY_RECEIVE_S = 120.0
 
+JOB_SETTLED_CHANNEL = "sluice_job_settled"
+"""Notified (payload: the job id) when a receiving job is sealed or failed: the workers
+holding its envelopes back look again at once (agents/apply/seal_signals.py)."""
+
 _RUNNING = f"('{_ACCEPTED}', '{_PROCESSING}')"
 _HALTED = f"('{_FAILED}', '{_ABORTED}')"
 
@@ -77,12 +81,15 @@ async def seal(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
     row = await pool.fetchrow(
         f"UPDATE sluice_jobs SET state = '{_ACCEPTED}', accepted_at = now(), updated_at = now()"
         f" WHERE job_id = $1 AND state = '{_RECEIVING}'"
-        " AND (receive_deadline IS NULL OR now() <= receive_deadline) RETURNING *",
-        job_id,
+        " AND (receive_deadline IS NULL OR now() <= receive_deadline)"
+        " RETURNING *, pg_notify($2, job_id) AS notified",
+        job_id, JOB_SETTLED_CHANNEL,
     )
     if row is None:
         raise SealRefused(job_id)
-    return dict(row)
+    sealed = dict(row)
+    del sealed["notified"]
+    return sealed
 
 
 async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) -> None:
@@ -92,8 +99,9 @@ async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) ->
     """
     await conn.execute(
         f"UPDATE sluice_jobs SET state = '{_FAILED}', reason = $2, completed_at = now(),"
-        f" updated_at = now() WHERE job_id = $1 AND state = '{_RECEIVING}'",
-        job_id, reason,
+        f" updated_at = now() WHERE job_id = $1 AND state = '{_RECEIVING}'"
+        " RETURNING pg_notify($3, job_id)",
+        job_id, reason, JOB_SETTLED_CHANNEL,
     )
     await reports.enqueue_terminal(conn, [job_id])
 

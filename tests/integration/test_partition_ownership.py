@@ -59,7 +59,7 @@ async def test_a_stale_owner_is_refused_before_it_writes(
     assert await positions.read(db, [2]) == {}
     # The owner writes, and its position only ever moves forward.
     result = await sink.write([_envelope(job_id, sensor, 5)], second)
-    assert len(result.outcomes) == 5
+    assert result.records == 5
     await sink.advance(Fence(2, second.epoch, 7))
     await sink.advance(Fence(2, second.epoch, 3))
     assert await positions.read(db, [2]) == {2: 7}
