@@ -8,6 +8,7 @@ from typing import Any
 from schemas.envelope import Item
 from schemas.identity import partition_for
 from schemas.targets import Target
+from schemas.typed_json import TypedJsonDecoder
 from schemas.validation import RecordConverter, RecordInvalid
 from schemas.vocabulary import Operation
 
@@ -41,8 +42,15 @@ class RecordPreparer:
             width = len(target.columns)
             self._widen: Any = lambda row: _widen(row, positions, width)
         else:
+            narrow = target
             self._converter = RecordConverter(target)
             self._widen = None
+        self._typed = TypedJsonDecoder(narrow, self._converter)
+
+    def decode_json(self, data: bytes) -> tuple[Any, ...] | None:
+        """One JSON record (bytes) decoded and converted in compiled code, or None when it
+        is not valid as it stands (prepare it the exact way to learn why)."""
+        return self._typed.decode(data)
 
     def prepare(self, index: int, raw: Any, textual: bool = False) -> tuple[int, Item]:
         """Return (partition, item); a record that fails validation becomes a failed item.
@@ -56,10 +64,13 @@ class RecordPreparer:
             )
         except RecordInvalid as e:
             return index % self._partitions, Item(index, None, e.code, e.message)
+        return self.place(index, row)
+
+    def place(self, index: int, row: tuple[Any, ...]) -> tuple[int, Item]:
+        """Return (partition, item) for a converted row (decode_json's, or prepare's)."""
         if self._widen is not None:
             row = self._widen(row)
-        key = self._key_of(row)
-        return partition_for(self.target.name, key, self._partitions), Item(index, row)
+        return partition_for(self.target.name, self._key_of(row), self._partitions), Item(index, row)
 
 
 def _widen(row: tuple[Any, ...], positions: list[int], width: int) -> tuple[Any, ...]:

@@ -467,6 +467,11 @@ class RecordConverter:
         self._json = tuple(_json_converter(column) for column in target.columns)
         self._text = tuple(_text_converter(column) for column in target.columns)
 
+    @property
+    def json_converters(self) -> tuple[Converter, ...]:
+        """The per-column converters of from_json, in column order."""
+        return self._json
+
     def from_json(self, raw: object) -> tuple[Any, ...]:
         """Convert one decoded JSON value (an object is expected) into a row."""
         if not isinstance(raw, dict):

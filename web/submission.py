@@ -36,7 +36,13 @@ from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
 from web.echo import echo
 from web.idempotency import Fingerprint
-from web.payloads import MalformedRecord, PayloadProblem, PayloadReader, RecordCode
+from web.payloads import (
+    ConvertedRecord,
+    MalformedRecord,
+    PayloadProblem,
+    PayloadReader,
+    RecordCode,
+)
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -172,6 +178,7 @@ async def spool_payload(
         if authorize is not None:
             authorize(target.name, operation)
         preparer = RecordPreparer(target, operation, ctx.partitions)
+        reader.line_decoder = preparer.decode_json
 
     def flush(partition: int) -> None:
         assert preparer is not None
@@ -183,7 +190,9 @@ async def spool_payload(
 
     async for record in reader.records(on_settled=settle):
         assert preparer is not None  # the reader settles before its first record
-        if isinstance(record, MalformedRecord):
+        if isinstance(record, ConvertedRecord):
+            partition, item = preparer.place(record.index, record.row)
+        elif isinstance(record, MalformedRecord):
             partition = record.index % ctx.partitions
             item = Item(record.index, None, record.code, record.message)
         else:

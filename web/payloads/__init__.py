@@ -12,6 +12,8 @@ from web.payloads.limits import DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_RECORD_FIE
 from web.payloads.media import MediaType, media_type_for
 from web.payloads.reader import PayloadReader
 from web.payloads.records import (
+    ConvertedRecord,
+    LineDecoder,
     MalformedRecord,
     PayloadError,
     PayloadProblem,
@@ -20,6 +22,8 @@ from web.payloads.records import (
 )
 
 __all__ = [
+    "ConvertedRecord",
+    "LineDecoder",
     "DEFAULT_MAX_RECORD_BYTES",
     "DEFAULT_MAX_RECORD_FIELDS",
     "MAX_JSON_DEPTH",

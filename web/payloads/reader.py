@@ -23,7 +23,14 @@ from web.payloads.limits import (
 )
 from web.payloads.lines import TOO_LONG, LineSplitter
 from web.payloads.media import MediaType
-from web.payloads.records import MalformedRecord, PayloadError, RawRecord, RecordCode
+from web.payloads.records import (
+    ConvertedRecord,
+    LineDecoder,
+    MalformedRecord,
+    PayloadError,
+    RawRecord,
+    RecordCode,
+)
 
 # Each inflate step yields at most this much, so a gzip bomb is caught by the
 # size limit after at most one step rather than after inflating a whole chunk.
@@ -73,10 +80,13 @@ class PayloadReader:
         self.target: str | None = None
         self.operation: str | None = None
         self.bytes_read = 0
+        self.line_decoder: LineDecoder | None = None
+        """Set (by ``on_settled``, say) to decode NDJSON lines in compiled code: a line it
+        turns into a row comes out as a ConvertedRecord; any other line takes the exact path."""
 
     def records(
         self, on_settled: Callable[[], None] | None = None
-    ) -> AsyncIterator[RawRecord | MalformedRecord]:
+    ) -> AsyncIterator[RawRecord | ConvertedRecord | MalformedRecord]:
         """The records in payload order; one pass only, as the body is consumed.
 
         ``on_settled`` is called once ``target`` and ``operation`` are final and before
@@ -148,9 +158,10 @@ class PayloadReader:
 
     async def _ndjson(
         self, on_settled: Callable[[], None] | None
-    ) -> AsyncIterator[RawRecord | MalformedRecord]:
+    ) -> AsyncIterator[RawRecord | ConvertedRecord | MalformedRecord]:
         if on_settled is not None:
             on_settled()
+        typed = self.line_decoder
         limit = self._max_record_bytes
         max_fields = self._max_record_fields
         count_past = fields_need_counting_past(max_fields)
@@ -164,6 +175,13 @@ class PayloadReader:
                 line_no += 1
                 if not line:
                     continue
+                # A line this short cannot hold more values than the field limit allows.
+                if typed is not None and len(line) <= count_past:
+                    row = typed(line)
+                    if row is not None:
+                        yield ConvertedRecord(index, row)
+                        index += 1
+                        continue
                 try:
                     value = loads(line)  # a trailing "\r" is JSON whitespace: no strip needed
                 except decode_error:

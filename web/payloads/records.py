@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -72,6 +73,18 @@ class RawRecord:
     index: int
     value: Any
     textual: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertedRecord:
+    """One record already validated and converted by the compiled JSON path (a row)."""
+
+    index: int
+    row: tuple[Any, ...]
+
+
+LineDecoder = Callable[[bytes], "tuple[Any, ...] | None"]
+"""Decodes and validates one NDJSON line into a row, or None to leave it to the exact path."""
 
 
 @dataclass(frozen=True, slots=True)
