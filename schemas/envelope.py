@@ -1,9 +1,13 @@
 """The record envelope: how records travel through the records topic, many per message.
 
 One Kafka message per record caps a Faust worker near 9,000 records/s, so the ingress
-packs up to a batch of records bound for one partition into one envelope. Row values
-are carried as JSON-native values (timestamps as epoch microseconds, dates as epoch
-days) so that decoding needs no string parsing.
+packs up to a batch of records bound for one partition into one envelope.
+
+Version 2 carries timestamps and dates as orjson writes them (RFC 3339, ISO 8601): the
+web encodes a row with no per-value Python at all, and ``fromisoformat`` (C) reads a
+value back three times faster than version 1's epoch microseconds were turned into a
+datetime. Version 1 envelopes (epoch microseconds, epoch days) are still read, so
+records written before an upgrade are applied after it.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ import orjson
 from app.errors import SluiceError
 from schemas.targets import ColumnType, Target
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
+_V1 = 1
 MAX_ENVELOPE_BYTES = 900_000
 """Below the 1 MB default message size limit of Kafka brokers, with room for headers."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1)
-_ONE_US = timedelta(microseconds=1)
 
 
 class EnvelopeError(SluiceError):
@@ -96,15 +100,7 @@ class Envelope:
     source_partition: int | None = None
 
 
-def _to_wire(column_type: ColumnType) -> Callable[[Any], Any] | None:
-    if column_type in (ColumnType.TIMESTAMP_MILLIS, ColumnType.TIMESTAMP_MICROS):
-        return lambda v: None if v is None else (v - _EPOCH) // _ONE_US
-    if column_type is ColumnType.DATE:
-        return lambda v: None if v is None else (v - _EPOCH_DAY).days
-    return None
-
-
-def _from_wire(column_type: ColumnType) -> Callable[[Any], Any] | None:
+def _from_v1(column_type: ColumnType) -> Callable[[Any], Any] | None:
     if column_type in (ColumnType.TIMESTAMP_MILLIS, ColumnType.TIMESTAMP_MICROS):
         return lambda v: None if v is None else _EPOCH + timedelta(microseconds=v)
     if column_type is ColumnType.DATE:
@@ -112,32 +108,41 @@ def _from_wire(column_type: ColumnType) -> Callable[[Any], Any] | None:
     return None
 
 
+def _timestamp_from_text(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def _from_wire(column_type: ColumnType) -> Callable[[Any], Any] | None:
+    if column_type in (ColumnType.TIMESTAMP_MILLIS, ColumnType.TIMESTAMP_MICROS):
+        return _timestamp_from_text
+    if column_type is ColumnType.DATE:
+        return lambda v: None if v is None else date.fromisoformat(v)
+    return None
+
+
 class EnvelopeCodec:
     """Encodes and decodes envelopes for the targets it knows, column conversions precomputed."""
 
     def __init__(self, targets: dict[str, Target]) -> None:
-        self._to_wire: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
-        self._from_wire: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+        self._from_wire: dict[int, dict[str, list[tuple[int, Callable[[Any], Any]]]]] = {
+            ENVELOPE_VERSION: {}, _V1: {}}
         self.add_targets(targets)
 
     def add_targets(self, targets: dict[str, Target]) -> None:
         """Learn more targets (a rolling deploy may add one while a worker runs)."""
-        for name, t in targets.items():
-            self._to_wire[name] = [(i, f) for i, c in enumerate(t.columns) if (f := _to_wire(c.type))]
-            self._from_wire[name] = [(i, f) for i, c in enumerate(t.columns) if (f := _from_wire(c.type))]
+        for version, reader in ((ENVELOPE_VERSION, _from_wire), (_V1, _from_v1)):
+            for name, t in targets.items():
+                self._from_wire[version][name] = [
+                    (i, f) for i, c in enumerate(t.columns) if (f := reader(c.type))]
 
     def encode(self, envelope: Envelope) -> bytes:
         """Serialise an envelope for the records topic."""
-        conversions = self._to_wire[envelope.target]
-        items: list[list[Any]] = []
-        append = items.append
-        for item in envelope.items:
-            row: list[Any] | None = None
-            if item.row is not None:
-                row = list(item.row)
-                for i, convert in conversions:
-                    row[i] = convert(row[i])
-            append([item.index, row, item.error_code, item.error_message])
+        # Items as plain tuples (orjson writes no named tuples); rows as they are: orjson
+        # writes their datetimes and dates itself.
+        items = list(map(tuple, envelope.items))
         return orjson.dumps(
             {
                 "v": ENVELOPE_VERSION,
@@ -171,10 +176,11 @@ class EnvelopeCodec:
         """Parse an envelope; EnvelopeError if it is not one this version understands."""
         try:
             doc = orjson.loads(data)
-            if doc.get("v") != ENVELOPE_VERSION:
-                raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}")
+            version = doc.get("v")
+            if type(version) is not int or version not in self._from_wire:
+                raise EnvelopeError(f"unsupported envelope version {version!r}")
             target = doc["target"]
-            conversions = self._from_wire.get(target)
+            conversions = self._from_wire[version].get(target)
             if conversions is None:
                 failed = salvage(data, UNKNOWN_TARGET, f"no target named {target!r} is known")
                 if failed is None:

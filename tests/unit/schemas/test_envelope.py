@@ -81,17 +81,26 @@ def test_decoded_rows_are_tuples(codec: EnvelopeCodec) -> None:
     assert all(type(item.row) is tuple for item in decoded.items)
 
 
-def test_timestamps_travel_as_epoch_micros(codec: EnvelopeCodec) -> None:
+def test_timestamps_travel_as_rfc_3339_text(codec: EnvelopeCodec) -> None:
     doc = _wire(codec, _sensor_envelope())
-    expected = (SAMPLED - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-    assert expected == 1714566615123000
-    assert doc["items"][0] == [0, ["s-1", 21.5, expected], None, None]
-    assert doc["items"][1][1][2] == expected + 1_000_000
+    assert doc["items"][0] == [0, ["s-1", 21.5, "2024-05-01T12:30:15.123000+00:00"], None, None]
+    assert doc["items"][1][1][2] == "2024-05-01T12:30:16.123000+00:00"
+
+
+def test_version_1_envelopes_are_still_read(codec: EnvelopeCodec) -> None:
+    """Records written by the release before (epoch microseconds) are applied after an upgrade."""
+    micros = (SAMPLED - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    v1 = orjson.dumps({"v": 1, "job": "job-1", "target": "sensor_readings", "op": "insert",
+                       "src": None, "items": [[0, ["s-1", 21.5, micros], None, None],
+                                              [1, None, "wrong_type", "m"]]})
+    decoded = codec.decode(v1)
+    assert decoded.items[0] == Item(0, ("s-1", 21.5, SAMPLED))
+    assert decoded.items[1] == Item(1, None, "wrong_type", "m")
 
 
 def test_wire_header_fields(codec: EnvelopeCodec) -> None:
     doc = _wire(codec, _sensor_envelope(operation="upsert"))
-    assert doc["v"] == ENVELOPE_VERSION == 1
+    assert doc["v"] == ENVELOPE_VERSION == 2
     assert doc["job"] == "job-1"
     assert doc["target"] == "sensor_readings"
     assert doc["op"] == "upsert"
@@ -213,8 +222,8 @@ def test_dates_micros_and_nulls_round_trip(tmp_path: Path) -> None:
         ],
     )
     doc = orjson.loads(codec.encode(envelope))
-    assert doc["items"][0][1] == [1, 19359, 1672628645678901, None, True]
-    assert doc["items"][2][1][1] == -1
+    assert doc["items"][0][1] == [1, "2023-01-02", "2023-01-02T03:04:05.678901+00:00", None, True]
+    assert doc["items"][2][1][1] == "1969-12-31"
     assert codec.decode(codec.encode(envelope)) == envelope
 
 
@@ -234,7 +243,7 @@ def _tampered(codec: EnvelopeCodec, **changes: Any) -> bytes:
 _DELETE = object()
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", "2", None, 1.0, True])
 def test_other_versions_are_rejected(codec: EnvelopeCodec, version: object) -> None:
     with pytest.raises(EnvelopeError, match="unsupported envelope version"):
         codec.decode(_tampered(codec, v=version))
