@@ -85,10 +85,10 @@ def _local_auth(settings: Settings) -> tuple[dict[str, str], str | None]:
     return dev_environment(dev, settings.access_policy_file), dev_token(dev, settings)
 
 
-def _ops_line(settings: Settings) -> str:
+def _ops_line(settings: Settings, worker_ports: list[int]) -> str:
     """Where the stack's operational endpoints are (metrics have ports of their own)."""
     host = settings.http_host if settings.http_host != "::1" else "[::1]"
-    ports = [("web", settings.web_metrics_port), ("worker", settings.worker_metrics_port)]
+    ports = [("web", settings.web_metrics_port), *(("worker", p) for p in worker_ports)]
     served = [f"http://{host}:{port}/metrics ({who})" for who, port in ports if port]
     return ("  readiness: /readyz   metrics: " + ", ".join(served or ["off"]) + "\n")
 
@@ -98,6 +98,7 @@ def run_all(args: argparse.Namespace) -> int:
     from app.devtools.embedded import (
         EmbeddedStack,
         child_environment,
+        free_port,
         port_taken,
         stop_processes,
         wait_for_port,
@@ -142,7 +143,13 @@ def run_all(args: argparse.Namespace) -> int:
         asyncio.run(ensure_topics(env[env_var("kafka_bootstrap")],
                                   all_topics(TopicNames(settings.topic_prefix), targets),
                                   settings.partitions))
+        worker_ports = [settings.worker_metrics_port]
         children.append(_spawn("worker", env))
+        for _ in range(settings.local_workers - 1):
+            # The same group (worker id): they share the partitions. Metrics on a port each.
+            port = free_port() if settings.worker_metrics_port else 0
+            worker_ports.append(port)
+            children.append(_spawn("worker", {**env, env_var("worker_metrics_port"): str(port)}))
         children.append(_spawn("web", env))
         wait_for_port(settings.http_port, timeout=60)
         scheme = "https" if settings.tls_enabled else "http"
@@ -162,7 +169,7 @@ def run_all(args: argparse.Namespace) -> int:
             f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID\n"
             f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID/results\n\n"
             f"  Kafka bootstrap: {env[env_var('kafka_bootstrap')]}   targets: {', '.join(targets)}\n"
-            f"{_ops_line(settings)}",
+            f"{_ops_line(settings, worker_ports)}",
             flush=True,
         )
         while not stopping and all(c.poll() is None for c in children):
