@@ -87,8 +87,11 @@ class ProducerRecordDecoder:
         if preparer is None:
             preparer = RecordPreparer(target, operation, self._partitions)
             self._preparers[(target.name, operation)] = preparer
+        avro = _header(headers, CONTENT_TYPE_HEADER) in AVRO_CONTENT_TYPES
+        if not avro and (row := preparer.decode_json(value)) is not None:
+            return (operation, *preparer.place(offset, row))
         try:
-            if _header(headers, CONTENT_TYPE_HEADER) in AVRO_CONTENT_TYPES:
+            if avro:
                 raw = fastavro.schemaless_reader(io.BytesIO(value), self._avro[target.name])
             else:
                 raw = orjson.loads(value)
