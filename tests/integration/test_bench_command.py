@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ def test_bench_prints_every_figure_as_json() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "app.cli", "bench", "--records", "4000", "--payloads", "4",
          "--big-mb", "0.5", "--producer-records", "300", "--sweep", "500,2000",
-         "--sweep-records", "1000", "--json"],
+         "--sweep-records", "1000", "--small-jobs", "24", "--small-job-records", "50",
+         "--small-clients", "4", "--long-records", "900", "--long-payload-records", "400", "--json"],
         capture_output=True, timeout=280, check=False,
     )
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
@@ -31,8 +33,29 @@ def test_bench_prints_every_figure_as_json() -> None:
     assert (dirty["records"], dirty["failed"]) == (4000, 84)
     assert dirty["states"] == ["completed_with_errors"] and dirty["clean_ratio"] > 0
     assert figures["copy"]["records"] == 4000 and 0 < figures["copy"]["end_to_end_ratio"] < 1
+    assert figures["copy"]["concurrent_ratio"] > 0
     assert [r["batch_size"] for r in figures["batch_sweep"]["runs"]] == [500, 2000]
-    assert {t["what"].split(",")[0] for t in figures["targets"]} >= {
-        "end to end", "big payload", "dirty rate as a share of the clean rate"}
+    small = figures["small_jobs"]
+    assert (small["jobs"], small["records"], small["clients"]) == (24, 1200, 4)
+    assert small["states"] == ["completed"] and 0 < small["p50_s"] <= small["p99_s"] <= small["max_s"]
+    # The bench's own rate limits admit its clients: nothing was refused and retried.
+    assert small["retries"] == {} and single["retries"] == {}
+    csv = figures["csv"]
+    assert csv["records"] == 4000 and csv["sluice"]["states"] == ["completed"]
+    verdicts = {t["what"].split(",")[0]: t["verdict"] for t in figures["targets"]}
+    if shutil.which("pgloader"):
+        assert csv["pgloader"]["records"] == 4000 and csv["ratio"] > 0
+        assert verdicts["Sluice over pgloader"] in ("met", "MISSED")
+    else:
+        assert csv["pgloader"] is None and "apt-get install pgloader" in csv["pgloader_missing"]
+        assert verdicts["Sluice over pgloader"] == "NOT MEASURED"
+    assert set(verdicts) >= {
+        "end to end", "end to end as a share of raw COPY", "big payload", "small jobs",
+        "producers on the input topic", "dirty rate as a share of the clean rate"}
+    long = figures["long"]
+    assert [p["records"] for p in long["payloads"]] == [400, 400, 100] and long["records"] == 900
+    assert all(p["peak_web_rss_mb"] > 10 and p["peak_worker_rss_mb"] > 10 for p in long["payloads"])
+    assert {"web RSS flat over 900 records (3 payloads)",
+            "worker RSS flat over 900 records (3 payloads)"} <= {t["what"] for t in figures["targets"]}
     # Progress goes to stderr, so that stdout stays machine-readable.
     assert b"one payload of 4,000 records" in completed.stderr

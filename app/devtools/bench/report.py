@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,34 +31,78 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
     return [line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]
 
 
-def verdict(ok: bool) -> str:
-    """How a figure compares with its target."""
-    return "met" if ok else "MISSED"
+def _run_row(run: dict[str, Any]) -> tuple[str, ...]:
+    return (run["label"], _n(run["records"]), f"{run['payload_mb']:.1f}", f"{run['to_202_s']:.2f}",
+            f"{run['total_s']:.2f}", _n(run["records_per_s"]))
+
+
+def _runs(figures: dict[str, Any]) -> list[str]:
+    """One row per run that moves records, Sluice's and its baselines'."""
+    rows = [_run_row(run) for key in ("single", "dirty", "concurrent", "big")
+            if (run := figures.get(key))]
+    notes = []
+    if csv := figures.get("csv"):
+        rows.append(_run_row(csv["sluice"]))
+        if peer := csv["pgloader"]:
+            rows.append((peer["label"], _n(peer["records"]), f"{csv['file_mb']:.1f}", "-",
+                         f"{peer['seconds']:.2f}", _n(peer["records_per_s"])))
+        else:
+            notes.append(f"  pgloader: {csv['pgloader_missing']}")
+    if producers := figures.get("producers"):
+        rows.append((producers["label"], _n(producers["records"]), "-",
+                     f"{producers['produce_s']:.2f} (sent)", f"{producers['total_s']:.2f}",
+                     _n(producers["records_per_s"])))
+    if copy := figures.get("copy"):
+        rows.append((copy["label"], _n(copy["records"]), "-", "-", f"{copy['seconds']:.2f}",
+                     _n(copy["records_per_s"])))
+    return [*_table(("run", "records", "MB", "to 202 s", "end to end s", "records/s"), rows), *notes]
+
+
+def _small_jobs(small: dict[str, Any]) -> list[str]:
+    ms = {k: f"{small[k] * 1000:.0f}" for k in ("p50_s", "p90_s", "p99_s", "max_s")}
+    return ["", f"small jobs: {small['label']}, each client polling its job every "
+            f"{small['poll_s'] * 1000:.0f} ms to the end before sending the next",
+            *_table(("jobs", "records", "seconds", "records/s", "p50 ms", "p90 ms", "p99 ms", "max ms"),
+                    [(_n(small["jobs"]), _n(small["records"]), f"{small['total_s']:.2f}",
+                      _n(small["records_per_s"]), ms["p50_s"], ms["p90_s"], ms["p99_s"], ms["max_s"])])]
+
+
+def _long(long: dict[str, Any]) -> list[str]:
+    rows = [(str(k), _n(p["records"]), f"{p['seconds']:.2f}", _n(p["records_per_s"]),
+             f"{p['peak_web_rss_mb']:.0f}", f"{p['peak_worker_rss_mb']:.0f}")
+            for k, p in enumerate(long["payloads"], start=1)]
+    return ["", f"long run: {long['label']}, one after the other (RSS sampled every 20 ms)",
+            *_table(("payload", "records", "seconds", "records/s", "web peak MB", "worker peak MB"), rows),
+            f"  overall: {_n(long['records_per_s'])} records/s; peak web {long['peak_web_rss_mb']:.0f} MB, "
+            f"peak worker {long['peak_worker_rss_mb']:.0f} MB"]
+
+
+def _retries(figures: dict[str, Any]) -> list[str]:
+    """Requests the bench retried after a 429/503 (each at most a few times), per run."""
+    docs = {key: figures.get(key) for key in ("single", "dirty", "concurrent", "big", "small_jobs", "long")}
+    if csv := figures.get("csv"):
+        docs["csv"] = csv["sluice"]
+    found = []
+    for key, doc in docs.items():
+        if doc and (retries := doc.get("retries")):
+            by_status = ", ".join(f"{status}: {n}" for status, n in retries.items())
+            found.append(f"{key} {sum(retries.values())} ({by_status})")
+    return [f"  requests retried after 429/503: {'; '.join(found)}"] if found else []
 
 
 def render(figures: dict[str, Any]) -> str:
     """Every figure of one bench run, as aligned plain-text tables."""
-    out = [f"Sluice benchmark, {figures['machine']}", ""]
-    runs: list[tuple[str, ...]] = []
-    for key in ("single", "dirty", "concurrent", "big"):
-        run = figures.get(key)
-        if run:
-            runs.append((run["label"], _n(run["records"]), f"{run['payload_mb']:.1f}",
-                         f"{run['to_202_s']:.2f}", f"{run['total_s']:.2f}", _n(run["records_per_s"])))
-    producers = figures.get("producers")
-    if producers:
-        runs.append((producers["label"], _n(producers["records"]), "-",
-                     f"{producers['produce_s']:.2f} (sent)", f"{producers['total_s']:.2f}",
-                     _n(producers["records_per_s"])))
-    copy = figures.get("copy")
-    if copy:
-        runs.append((copy["label"], _n(copy["records"]), "-", "-", f"{copy['seconds']:.2f}",
-                     _n(copy["records_per_s"])))
-    out += _table(("run", "records", "MB", "to 202 s", "end to end s", "records/s"), runs)
-    out.append("")
-    for check in figures.get("targets", []):
-        out.append(f"  {verdict(check['ok'])}: {check['what']}: {check['figure']} "
-                   f"(target {check['target']})")
+    out = [f"Sluice benchmark, {figures['machine']}", "", *_runs(figures), *_retries(figures)]
+    if small := figures.get("small_jobs"):
+        out += _small_jobs(small)
+    if long := figures.get("long"):
+        out += _long(long)
+    checks = figures.get("targets", [])
+    out += ["", "goals"]
+    for check in checks:
+        out.append(f"  {check['verdict']}: {check['what']}: {check['figure']} (target {check['target']})")
+    tally = Counter(check["verdict"] for check in checks)
+    out.append("  " + ", ".join(f"{n} {v}" for v, n in tally.items()))
     stages = figures.get("single", {}).get("stages")
     if stages:
         out += ["", f"stages of the {figures['single']['label']} run (time spent in each; "

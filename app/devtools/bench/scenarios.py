@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
@@ -13,32 +13,34 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.devtools.bench.processes import Pipeline, rss_bytes
+from app.devtools.bench.client import (
+    NDJSON,
+    POLL_S,
+    TARGET,
+    BenchError,
+    Retries,
+    check_counts,
+    scrape,
+    scrape_all,
+    submit,
+    wait_terminal,
+)
+from app.devtools.bench.processes import Pipeline, RssWatch
 from app.devtools.bench.workload import (
     DIRTY_CHECK,
-    RECORDS,
-    SECONDS,
     DirtyMix,
     StageFigure,
     copy_rows,
     dirty_existing_rows,
     dirty_ndjson,
     ndjson,
-    parse_metrics,
     reading,
     stage_deltas,
 )
 from app.topics import TopicNames
-from schemas.vocabulary import TERMINAL_STATES
 
-TARGET = "sensor_readings"
 WEB_STAGES = ("parse", "produce")
 WORKER_STAGES = ("consume", "write", "publish", "report")
-POLL_S = 0.05
-
-
-class BenchError(Exception):
-    """A run that did not do what it measures (refused, incomplete, records missing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,93 +59,63 @@ class RunFigures:
     failed: int = 0
     peak_worker_rss_bytes: int = 0
     """Sampled every 20 ms from the first byte to the last job's end."""
+    retries: dict[str, int] = field(default_factory=dict)
+    """Requests retried after a 429/503, by status."""
 
     @property
     def records_per_s(self) -> float:
         """End-to-end records per second."""
         return self.records / self.total_s
 
-
-async def _scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, str], float]:
-    async with http.get(f"{url}/metrics") as r:
-        return parse_metrics(await r.text(), (SECONDS, RECORDS))
-
-
-async def _submit(http: aiohttp.ClientSession, base_url: str, body: bytes) -> str:
-    async with http.post(f"{base_url}/v1/bulk-operations",
-                         params={"target": TARGET, "operation": "insert"},
-                         data=body, headers={"Content-Type": "application/x-ndjson"}) as r:
-        answer = await r.json(content_type=None)
-        if r.status != 202:
-            raise BenchError(f"submission refused: {r.status} {answer}")
-        return str(answer["job_id"])
-
-
-async def _wait_terminal(http: aiohttp.ClientSession, base_url: str, job_id: str,
-                         timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        async with http.get(f"{base_url}/v1/bulk-operations/{job_id}") as r:
-            job: dict[str, Any] = await r.json()
-        if job["state"] in TERMINAL_STATES:
-            return job
-        if time.monotonic() > deadline:
-            raise BenchError(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
-        await asyncio.sleep(POLL_S)
-
-
-async def _watch_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
-    """Sample a process's resident memory every 20 ms, keeping the highest."""
-    while not stop.is_set():
-        peak[0] = max(peak[0], rss_bytes(pid))
-        await asyncio.sleep(0.02)
+    def as_doc(self, label: str) -> dict[str, Any]:
+        """JSON-ready figures (MB are MiB for memory, 10^6 bytes for payloads)."""
+        return {
+            "label": label, "records": self.records, "payload_mb": self.payload_bytes / 1e6,
+            "to_202_s": self.to_202_s, "total_s": self.total_s, "records_per_s": self.records_per_s,
+            "states": sorted(set(self.states)), "peak_web_rss_mb": (
+                self.peak_web_rss_bytes / 2**20 if self.peak_web_rss_bytes is not None else None),
+            "peak_worker_rss_mb": self.peak_worker_rss_bytes / 2**20, "retries": self.retries,
+            "stages": [{**asdict(s), "records_per_s": s.records_per_s} for s in self.stages],
+        }
 
 
 async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
                    timeout_s: float = 600, watch_web_rss: bool = False,
-                   failed: int = 0) -> RunFigures:
+                   failed: int = 0, content_type: str = NDJSON) -> RunFigures:
     """Submit the bodies concurrently, wait for every job; figures from first byte to last job.
 
     Every record must succeed except exactly ``failed`` of them, none a duplicate.
     """
     records = sum(n for _, n in bodies)
+    retries = Retries()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
                                      headers=pipeline.auth_headers) as http:
-        web_before = await _scrape(http, pipeline.web_metrics_url)
-        worker_before = await _scrape(http, pipeline.worker_metrics_url)
-        peak, worker_peak = [0], [0]
-        stop_watch, stop_worker_watch = asyncio.Event(), asyncio.Event()
-        watcher = (asyncio.create_task(_watch_rss(pipeline.web.pid, peak, stop_watch))
-                   if watch_web_rss else None)
-        worker_watcher = asyncio.create_task(
-            _watch_rss(pipeline.worker.pid, worker_peak, stop_worker_watch))
+        web_before = await scrape(http, pipeline.web_metrics_url)
+        worker_before = await scrape_all(http, pipeline.worker_metrics_urls)
+        web_watch = RssWatch(pipeline.web.pid).start() if watch_web_rss else None
+        worker_watch = RssWatch(*pipeline.worker_pids).start()
         started = time.perf_counter()
         try:
             try:
                 job_ids = await asyncio.gather(
-                    *(_submit(http, pipeline.base_url, b) for b, _ in bodies))
+                    *(submit(http, pipeline.base_url, b, retries, content_type) for b, _ in bodies))
             finally:
-                stop_watch.set()
-                if watcher is not None:
-                    await watcher
+                web_peak = await web_watch.stop() if web_watch is not None else None
             to_202 = time.perf_counter() - started
             jobs = await asyncio.gather(
-                *(_wait_terminal(http, pipeline.base_url, j, timeout_s) for j in job_ids))
+                *(wait_terminal(http, pipeline.base_url, j, retries, timeout_s) for j in job_ids))
             total = time.perf_counter() - started
         finally:
-            stop_worker_watch.set()
-            await worker_watcher
-        counts = {k: sum(j["counts"][k] for j in jobs) for k in ("succeeded", "failed", "duplicates")}
-        if counts != {"succeeded": records - failed, "failed": failed, "duplicates": 0}:
-            raise BenchError(f"counts {counts} for {records} records, {failed} expected to fail: {jobs}")
+            worker_peak = await worker_watch.stop()
+        check_counts(jobs, records, failed)
         await asyncio.sleep(0.5)  # let the report agent see the last results
-        web_after = await _scrape(http, pipeline.web_metrics_url)
-        worker_after = await _scrape(http, pipeline.worker_metrics_url)
+        web_after = await scrape(http, pipeline.web_metrics_url)
+        worker_after = await scrape_all(http, pipeline.worker_metrics_urls)
     stages = [*stage_deltas(web_before, web_after, WEB_STAGES),
               *stage_deltas(worker_before, worker_after, WORKER_STAGES)]
     return RunFigures(records, sum(len(b) for b, _ in bodies), to_202, total,
-                      tuple(j["state"] for j in jobs), stages, peak[0] if watch_web_rss else None,
-                      failed, worker_peak[0])
+                      tuple(j["state"] for j in jobs), stages, web_peak, failed, worker_peak,
+                      retries.as_doc())
 
 
 async def warm_up(pipeline: Pipeline, tag: str) -> None:
@@ -163,6 +135,10 @@ class ProducerFigures:
     def records_per_s(self) -> float:
         """End-to-end records per second, from the first send to the last row written."""
         return self.records / self.total_s
+
+    def as_doc(self) -> dict[str, Any]:
+        """JSON-ready figures."""
+        return {"label": "producers -> input topic", **asdict(self), "records_per_s": self.records_per_s}
 
 
 async def producer_run(pipeline: Pipeline, kafka: str, dsn: str, tag: str, records: int,

@@ -1,4 +1,5 @@
-"""Pure parts of the benchmark: generated readings, Prometheus scrapes, stage deltas."""
+"""Pure parts of the benchmark: generated readings (NDJSON, CSV, rows), Prometheus scrapes,
+stage deltas."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def ndjson(tag: str, start: int, count: int) -> bytes:
     """Readings start..start+count as an NDJSON body."""
     dumps = orjson.dumps
     return b"".join([dumps(reading(tag, i)) + b"\n" for i in range(start, start + count)])
+
+
+CSV_HEADER = b"sensor_id,value,sampled_at\n"
+
+
+def sampled_at_text(i: int) -> str:
+    """The i-th reading's instant as RFC 3339 with milliseconds and a zone, a form both
+    PostgreSQL (timestamptz input) and Sluice's CSV path accept."""
+    return (BASE + timedelta(milliseconds=i)).isoformat(timespec="milliseconds")
+
+
+def csv_body(tag: str, count: int) -> bytes:
+    """The same readings as ``ndjson``'s as CSV with a header row (no field needs quoting)."""
+    lines = [f"{tag}-{i % SENSORS},{i * 0.25!r},{sampled_at_text(i)}\n" for i in range(count)]
+    return CSV_HEADER + "".join(lines).encode()
 
 
 def ndjson_of_size(tag: str, size_bytes: int) -> tuple[bytes, int]:
