@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +23,7 @@ from web.auth import (
     AuthError,
     Principal,
     TokenPolicy,
-    authenticate,
+    VerifiedTokens,
     bearer_token,
     missing_scopes,
 )
@@ -66,6 +66,7 @@ class Guard:
     access: AccessPolicy
     settings: Settings
     limiter: RateLimiter | None = None
+    tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
 
     def _buckets(self, resource: Resource, principal: Principal) -> list[Bucket]:
         """The service's, the tenant's and the principal's bucket (tenant + sub: the same
@@ -219,7 +220,7 @@ async def auth_middleware(
     guard = request.app[guard_key]
     try:
         token = bearer_token(request.headers.get("Authorization"))
-        principal = await authenticate(token, guard.keys, guard.token_policy)
+        principal = await guard.tokens.authenticate(token, guard.keys, guard.token_policy)
     except AuthError as e:
         raise unauthorized(e) from None
     request[PRINCIPAL] = principal

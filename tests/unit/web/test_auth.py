@@ -10,7 +10,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from web.auth import AuthError, TokenPolicy, authenticate, bearer_token, missing_scopes, principal_from_claims
+from web.auth import (
+    AuthError,
+    TokenPolicy,
+    VerifiedTokens,
+    authenticate,
+    bearer_token,
+    missing_scopes,
+    principal_from_claims,
+)
 from web.jwks import KeySet
 
 POLICY = TokenPolicy(issuer="https://idp.test", audience="sluice", leeway_s=30, max_lifetime_s=3600)
@@ -143,3 +151,66 @@ def test_principal_from_claims_names_a_non_numeric_time_claim(claim: str) -> Non
 def test_fractional_time_claims_are_numbers_too() -> None:
     principal = principal_from_claims(_claims(iat=_NOW + 0.5, exp=_NOW + 300.25), POLICY, _NOW)
     assert principal.subject == "svc"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rotating_keys(jwks: list[dict[str, Any]]) -> KeySet:
+    """A key set whose document is whatever jwks[0] is when it is (re)loaded."""
+    async def load() -> dict[str, Any]:
+        return jwks[0]
+
+    return KeySet(load, ttl_s=0, min_refetch_s=0)
+
+
+async def test_a_cached_token_is_not_verified_again_until_its_exp(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    tokens = VerifiedTokens(clock=clock)
+    keys = _keys()
+    token = jwt.encode(_claims(exp=int(clock.now) + 60), EC_KEY, algorithm="ES256", headers={"kid": "ec1"})
+    assert (await tokens.authenticate(token, keys, POLICY)).subject == "svc"
+    calls = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(3):
+        assert (await tokens.authenticate(token, keys, POLICY)).tenant == "acme"
+    assert calls == [], "a cached token was verified again"
+    clock.now += 61  # past exp for the cache: verified again (by PyJWT, on the real clock)
+    assert (await tokens.authenticate(token, keys, POLICY)).subject == "svc"
+    assert calls == [1]
+
+
+async def test_a_key_rotated_out_refuses_its_cached_tokens_at_once() -> None:
+    jwks = [_jwks()]
+    keys = _rotating_keys(jwks)
+    tokens = VerifiedTokens()
+    token = jwt.encode(_claims(), EC_KEY, algorithm="ES256", headers={"kid": "ec1"})
+    await tokens.authenticate(token, keys, POLICY)
+    jwks[0] = {"keys": [k for k in _jwks()["keys"] if k["kid"] != "ec1"]}
+    with pytest.raises(AuthError, match="unknown signing key"):
+        await tokens.authenticate(token, keys, POLICY)
+    # Another key under the same kid: the token is checked against it, and fails.
+    other = ec.generate_private_key(ec.SECP256R1())
+    jwk = ECAlgorithm.to_jwk(other.public_key(), as_dict=True)
+    jwks[0] = {"keys": [jwk | {"kid": "ec1", "alg": "ES256"}]}
+    with pytest.raises(AuthError, match="invalid token"):
+        await tokens.authenticate(token, keys, POLICY)
+
+
+async def test_the_cache_keeps_at_most_its_capacity_and_refuses_what_it_never_verified() -> None:
+    tokens = VerifiedTokens(capacity=2)
+    keys = _keys()
+    made = [jwt.encode(_claims(sub=f"s{n}"), EC_KEY, algorithm="ES256", headers={"kid": "ec1"})
+            for n in range(3)]
+    for token in made:
+        await tokens.authenticate(token, keys, POLICY)
+    assert len(tokens._entries) == 2 and made[0] not in tokens._entries
+    forged = made[0][:-4] + ("AAAA" if not made[0].endswith("AAAA") else "BBBB")
+    with pytest.raises(AuthError):
+        await tokens.authenticate(forged, keys, POLICY)
