@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="concurrent payloads sharing --records in the concurrent run")
     parser.add_argument("--big-mb", type=float, default=100.0,
                         help="size of the big-payload run in MB (0 skips it)")
-    parser.add_argument("--producer-records", type=int, default=100_000,
+    parser.add_argument("--producer-records", type=int, default=500_000,
                         help="records written straight to the input topic (0 skips it)")
     parser.add_argument("--dirty", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the single payload dirty: 1 %% invalid, 1 %% existing keys "
