@@ -70,6 +70,7 @@ class ProducerRecordForwarder(faust.Service):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=FETCH_RECORDS,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **GROUP_TIMEOUTS,
             **security_options(settings),
         )

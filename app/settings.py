@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     local_workers: int = Field(2, ge=1, le=16)
     batch_size: int = Field(1000, ge=500, le=2000)
     flush_interval_s: float = Field(0.2, gt=0, le=5)
+    # How long the workers' fetches wait at the broker for records (fetch.max.wait.ms).
+    # Real Kafka answers a waiting fetch as soon as records arrive; the embedded broker only
+    # when this runs out, so it bounded how soon any job's records were seen (it was
+    # aiokafka's 500 ms: 240 ms of a small job's 260). Idle workers fetch this often.
+    fetch_max_wait_ms: int = Field(25, ge=1, le=5000)
     db_retry_max_s: float = 30.0
     # A batch the database answers but keeps refusing (lost races, a missing table) is
     # tried this many times, then its records fail with code write_failed. A database that

@@ -97,9 +97,10 @@ class PartitionTask:
             self._consumer.pause(self.tp)
 
     def wake(self) -> None:
-        """Look again now if envelopes are held back (a job was sealed or failed)."""
-        if self._applier is not None and self._applier.waiting:
-            self._arrived.set()
+        """Look again now (a job was sealed or failed). Unconditionally: the notice can come
+        while a take is deciding what waits, before the held-back envelopes are set aside;
+        a look with nothing held back costs nothing."""
+        self._arrived.set()
 
     def _hole_before(self, first: int) -> bool:
         """True if fetching continued past the next offset expected and is read again.
@@ -205,6 +206,7 @@ class RecordsConsumer(faust.Service):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **GROUP_TIMEOUTS,
             **security_options(settings),
         )

@@ -9,7 +9,8 @@ names come from ``JobState``: the SQL below is built from it, not spelled again.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -165,18 +166,36 @@ async def abort(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] 
     return dict(row) if row is not None else None
 
 
-async def record_progress(
-    conn: asyncpg.Connection, job_id: str, *, succeeded: int, failed: int, duplicates: int,
-    aborted: int, stream: bool,
-) -> dict[str, Any] | None:
-    """Add a chunk's outcomes: -> processing, or -> completed | completed_with_errors once
-    every received record has one. A halted job keeps its state; only its counts move.
+class Progress(NamedTuple):
+    """A chunk's outcomes for one job."""
 
-    Stream jobs (producer partitions) receive as they go and never complete. Clears a
-    stall mark. Returns the job's snapshot after the change, or None for an unknown job.
+    succeeded: int
+    failed: int
+    duplicates: int
+    aborted: int
+    stream: bool
+    """A producer partition's job: it receives as it goes and never completes."""
+
+
+async def record_progress(
+    conn: asyncpg.Connection, progress: Mapping[str, Progress]
+) -> dict[str, dict[str, Any]]:
+    """Add a chunk's outcomes to its jobs, in two statements whatever their number:
+    -> processing, or -> completed | completed_with_errors once every received record has
+    one. A halted job keeps its state; only its counts move. Clears stall marks.
+
+    The jobs' rows are locked in job-id order first, so that two workers' transactions
+    touching the same jobs cannot deadlock. Returns each existing job's snapshot after it.
     """
-    row = await conn.fetchrow(_RECORD_PROGRESS, job_id, succeeded, failed, duplicates, stream, aborted)
-    return dict(row) if row is not None else None
+    if not progress:
+        return {}
+    ids = sorted(progress)
+    await conn.execute(_LOCK_JOBS, ids)
+    rows = await conn.fetch(
+        _RECORD_PROGRESS, ids, [progress[j].succeeded for j in ids],
+        [progress[j].failed for j in ids], [progress[j].duplicates for j in ids],
+        [progress[j].aborted for j in ids], [progress[j].stream for j in ids])
+    return {row["job_id"]: dict(row) for row in rows}
 
 
 async def flag_stalled(pool: asyncpg.Pool, stall_s: float) -> tuple[list[str], int]:
@@ -261,27 +280,31 @@ async def pending_work_by_tenant(pool: asyncpg.Pool) -> tuple[dict[str, int], fl
 
 _RECORD_PROGRESS = f"""
 UPDATE sluice_jobs SET
-    succeeded = succeeded + $2,
-    failed = failed + $3,
-    duplicates = duplicates + $4,
-    aborted = aborted + $6,
-    records_received = records_received + CASE WHEN $5 THEN $2 + $3 + $4 ELSE 0 END,
+    succeeded = succeeded + c.ok,
+    failed = failed + c.bad,
+    duplicates = duplicates + c.dup,
+    aborted = sluice_jobs.aborted + c.dropped,
+    records_received = records_received + CASE WHEN c.stream THEN c.ok + c.bad + c.dup ELSE 0 END,
     state = CASE
         WHEN state IN {_HALTED} THEN state
-        WHEN $5 THEN '{_PROCESSING}'
-        WHEN succeeded + failed + duplicates + $2 + $3 + $4 < records_received THEN '{_PROCESSING}'
-        WHEN failed + $3 > 0 THEN '{JobState.COMPLETED_WITH_ERRORS}'
+        WHEN c.stream THEN '{_PROCESSING}'
+        WHEN succeeded + failed + duplicates + c.ok + c.bad + c.dup < records_received
+        THEN '{_PROCESSING}'
+        WHEN failed + c.bad > 0 THEN '{JobState.COMPLETED_WITH_ERRORS}'
         ELSE '{JobState.COMPLETED}' END,
     completed_at = CASE
         WHEN state IN {_HALTED} THEN completed_at
-        WHEN NOT $5 AND succeeded + failed + duplicates + $2 + $3 + $4 >= records_received
+        WHEN NOT c.stream AND succeeded + failed + duplicates + c.ok + c.bad + c.dup >= records_received
         THEN now() END,
     progressed_at = now(),
     stalled_since = NULL,
     reason = CASE WHEN state IN {_HALTED} THEN reason END,
     updated_at = now()
-WHERE job_id = $1
-RETURNING job_id, target, operation, source, state, records_received, succeeded, failed,
-          duplicates, aborted, reason, created_at, accepted_at, updated_at, completed_at,
-          tenant, principal
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bool[])
+    AS c(job_id, ok, bad, dup, dropped, stream)
+WHERE sluice_jobs.job_id = c.job_id
+RETURNING sluice_jobs.job_id, target, operation, source, state, records_received, succeeded,
+          failed, duplicates, sluice_jobs.aborted, reason, created_at, accepted_at, updated_at,
+          completed_at, tenant, principal
 """
+_LOCK_JOBS = "SELECT FROM sluice_jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE"

@@ -1,14 +1,17 @@
 """The one PostgreSQL write boundary: a chunk of envelopes in, one transaction, outcomes out.
 
-Plan in, SQL out. Per target, the chunk's records are staged by binary COPY; one query
-evaluates the table's own row rules on them, one reads which keys have a row and
+Plan in, SQL out. Per target, inserts of distinct keys (the common case) are first
+copied straight into the table under a savepoint: if the table takes them all, every
+one succeeded and that was the whole write. Otherwise (a key already there, a row the
+table refuses, an upsert or delete) the chunk's records are staged by binary COPY; one
+query evaluates the table's own row rules on them, one reads which keys have a row and
 whether each record equals it; ``schemas.write_plan`` then decides every outcome and at
 most one action per key, and two set-based statements apply those actions. Records of
 one key are thereby applied in log order, across operations and jobs.
 
-Exactly-once effects from at-least-once delivery: every outcome goes to the ledger in
-the same transaction as the rows, so an envelope delivered again finds its records
-there and is re-published, never re-applied.
+Exactly-once effects from at-least-once delivery: every outcome goes to the ledger (a
+block per envelope) in the same transaction as the rows, so an envelope delivered again
+finds its records there and is re-published, never re-applied.
 """
 
 from __future__ import annotations
@@ -513,17 +516,9 @@ async def _update_jobs(
         if u.job_id is not None and u.job_id in jobs:
             counts.setdefault(u.job_id, [0, 0, 0, 0])[1] += u.records
     stream = {e.job_id for e in envelopes if e.source_topic is not None}
-    snapshots: dict[str, dict[str, Any]] = {}
-    # Sorted: two transactions updating the same jobs lock them in the same order.
-    for job_id, (ok, bad, dup, aborted) in sorted(counts.items()):
-        if ok + bad + dup + aborted == 0:
-            continue
-        snapshot = await job_store.record_progress(
-            conn, job_id, succeeded=ok, failed=bad, duplicates=dup, aborted=aborted,
-            stream=job_id in stream)
-        if snapshot is not None:
-            snapshots[job_id] = snapshot
-    return snapshots
+    return await job_store.record_progress(conn, {
+        job_id: job_store.Progress(ok, bad, dup, aborted, job_id in stream)
+        for job_id, (ok, bad, dup, aborted) in counts.items() if ok + bad + dup + aborted})
 
 
 async def _record_undeliverable(
