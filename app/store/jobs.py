@@ -107,12 +107,27 @@ async def fail_submission(conn: asyncpg.Connection, job_id: str, reason: str) ->
     await reports.enqueue_terminal(conn, [job_id])
 
 
-async def still_receiving(conn: asyncpg.Connection, job_ids: list[str]) -> set[str]:
+async def still_receiving(pool: asyncpg.Pool, job_ids: list[str]) -> set[str]:
     """Which of the jobs are receiving; those past their receive deadline are failed first.
 
-    Run it in a transaction: failing queues the report. A job from before deadlines were
-    stored gets LEGACY_RECEIVE_S from its creation.
+    One query when none is past its deadline (every take of the apply loop asks); a
+    transaction to fail those that are. A job from before deadlines were stored gets
+    LEGACY_RECEIVE_S from its creation.
     """
+    rows = await pool.fetch(
+        f"SELECT job_id, now() > coalesce(receive_deadline, created_at + make_interval(secs => $2))"
+        f" AS expired FROM sluice_jobs WHERE job_id = ANY($1::text[]) AND state = '{_RECEIVING}'",
+        job_ids, LEGACY_RECEIVE_S,
+    )
+    if not any(r["expired"] for r in rows):
+        return {r["job_id"] for r in rows}
+    async with pool.acquire() as conn, conn.transaction():
+        return await _fail_expired_among(conn, job_ids)
+
+
+async def _fail_expired_among(conn: asyncpg.Connection, job_ids: list[str]) -> set[str]:
+    """Fail the jobs past their receive deadline (queueing their reports); the rest that
+    are receiving. Run it in a transaction."""
     expired = await conn.fetch(
         f"UPDATE sluice_jobs SET state = '{_FAILED}', completed_at = now(), updated_at = now(),"
         " reason = 'submission did not complete: not sealed by its deadline'"
@@ -138,7 +153,7 @@ async def fail_expired_submissions(pool: asyncpg.Pool) -> int:
             " receive_deadline, created_at + make_interval(secs => $1)) FOR UPDATE SKIP LOCKED",
             LEGACY_RECEIVE_S)]
         if ids:
-            await still_receiving(conn, ids)
+            await _fail_expired_among(conn, ids)
     return len(ids)
 
 

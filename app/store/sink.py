@@ -173,8 +173,7 @@ class PostgresSink:
 
     async def still_receiving(self, job_ids: Iterable[str]) -> set[str]:
         """Which of the jobs are still being received; any past its deadline is failed first."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await job_store.still_receiving(conn, sorted(set(job_ids)))
+        return await job_store.still_receiving(self._pool, sorted(set(job_ids)))
 
     async def advance(self, fence: Fence) -> None:
         """Move a partition's position once the outcomes below it are published."""
