@@ -58,6 +58,11 @@ class TargetStatements:
     """Insert the staged rows of the given ords whose keys have no row; returns their ords."""
     insert_new_all: str
     """``insert_new`` for every staged row."""
+    rows_source: str
+    """The records as a relation without staging: one array parameter per column, then the
+    tenants ($1...), numbered by ``ORD`` from 1 (``unnest ... WITH ORDINALITY``)."""
+    existing_in_arrays: str
+    """``existing`` for the records given as arrays (``rows_source``)."""
 
 
 def statements_for(target: Target) -> TargetStatements:
@@ -84,6 +89,9 @@ def statements_for(target: Target) -> TargetStatements:
     same = (f"({', '.join(f't.{c}' for c in compared)}) IS NOT DISTINCT FROM "
             f"({', '.join(f's.{c}' for c in compared)})")
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in compared)
+    arrays = ", ".join(f"${n}::{c.pg_type}[]" for n, c in enumerate(target.columns, 1))
+    rows_source = (f"unnest({arrays}, ${len(target.columns) + 1}::text[]) WITH ORDINALITY "
+                   f"AS s({col_list}, {ord_})")
     return TargetStatements(
         create_table=(
             f"CREATE TABLE IF NOT EXISTS {table} ({definitions}, {tenant} text, "
@@ -124,6 +132,8 @@ def statements_for(target: Target) -> TargetStatements:
             f"ORDER BY {key_list} ON CONFLICT ({key_list}) DO NOTHING "
             f"RETURNING {key_list}) SELECT s.{ord_} AS ord FROM {stage} s JOIN i ON {inserted_join}"
         ),
+        rows_source=rows_source,
+        existing_in_arrays=f"SELECT s.{ord_} - 1 AS ord, {same} AS same FROM {rows_source} {probe}",
         delete=(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT p.ctid FROM {stage} s "
             f"CROSS JOIN LATERAL (SELECT t.ctid FROM {table} t WHERE {key_join} LIMIT 1) p "

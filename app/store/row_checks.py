@@ -11,7 +11,9 @@ know) are left to the write, which isolates what they refuse.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -48,12 +50,14 @@ class _Rule:
 class RowChecks:
     """The rules of one target's table, re-read from the catalogue every REFRESH_S."""
 
-    def __init__(self, target: Target, stage: str) -> None:
+    def __init__(self, target: Target, stage: str, rows_source: str) -> None:
         self._target = target
         self._stage = quote(stage)
+        self._rows_source = rows_source
         self._rules: list[_Rule] = []
         self._read_at = float("-inf")
         self._query: str | None = None
+        self._array_query: str | None = None
 
     def stale(self) -> None:
         """Re-read the rules before the next check (a write met a rule not pre-checked)."""
@@ -65,7 +69,18 @@ class RowChecks:
             await self._read(conn)
         if self._query is None or not ords:
             return {}
-        rows = await conn.fetch(self._query, ords)
+        return self._verdicts(await conn.fetch(self._query, ords))
+
+    async def refused_in_arrays(self, conn: asyncpg.Connection, columns: Sequence[Sequence[Any]],
+                                tenants: Sequence[str | None]) -> dict[int, Verdict]:
+        """The same for records given column by column (no staging), by position from 0."""
+        if time.monotonic() - self._read_at > REFRESH_S:
+            await self._read(conn)
+        if self._array_query is None:
+            return {}
+        return self._verdicts(await conn.fetch(self._array_query, *columns, tenants))
+
+    def _verdicts(self, rows: Sequence[asyncpg.Record]) -> dict[int, Verdict]:
         failures: dict[int, Verdict] = {}
         for row in rows:
             rule = self._rules[row["rule"]]
@@ -103,11 +118,15 @@ class RowChecks:
         self._rules = rules
         self._read_at = time.monotonic()
         if not rules:
-            self._query = None
+            self._query = self._array_query = None
             return
         which = " ".join(f"WHEN {r.refuses} THEN {n}" for n, r in enumerate(rules))
         any_refuses = " OR ".join(r.refuses for r in rules)
         self._query = (
             f"SELECT {quote(ORD)} AS ord, CASE {which} END AS rule FROM {self._stage} "
             f"WHERE {quote(ORD)} = ANY($1::int[]) AND ({any_refuses})"
+        )
+        self._array_query = (
+            f"SELECT s.{quote(ORD)} - 1 AS ord, CASE {which} END AS rule FROM {self._rows_source} "
+            f"WHERE ({any_refuses})"
         )

@@ -165,7 +165,8 @@ class PostgresSink:
             if name not in self._targets:
                 self._targets[name] = target
                 self._statements[name] = statements_for(target)
-                self._checks[name] = RowChecks(target, self._statements[name].stage)
+                statements = self._statements[name]
+                self._checks[name] = RowChecks(target, statements.stage, statements.rows_source)
 
     async def claim(self, partitions: Iterable[int]) -> dict[int, Claim]:
         """Take records partitions over (fencing their previous owner); where each continues."""
@@ -272,14 +273,16 @@ class PostgresSink:
         them (a key already there, a rule), nothing of that COPY stays, and the records
         take the general path: stage, check, read, plan, write.
         """
-        if (records.inserts_only and self._direct.worth_trying(target.name)
-                and len(set(map(target.key_of, records.rows))) == len(records.rows)):
-            if await _copy_direct(conn, target, records):
-                self._direct.hit(target.name)
-                return
-            self._direct.miss(target.name)
         sql = self._statements[target.name]
         checks = self._checks[target.name]
+        if records.inserts_only and len(set(map(target.key_of, records.rows))) == len(records.rows):
+            if self._direct.worth_trying(target.name):
+                if await _copy_direct(conn, target, records):
+                    self._direct.hit(target.name)
+                    return
+                self._direct.miss(target.name)
+            if await _insert_checked(conn, target, sql, checks, records):
+                return
         key_of = target.key_of
         rows, tenants = records.rows, records.tenants
         await conn.execute(sql.prepare_stage)
@@ -483,16 +486,43 @@ async def _write_isolating(
     return failures
 
 
-async def _copy_direct(conn: asyncpg.Connection, target: Target, records: _TargetRecords) -> bool:
-    """COPY the rows into the table under a savepoint; False (and nothing written) if the
-    table refused any row for a reason of the row's own."""
-    tenants = records.tenants
+async def _insert_checked(
+    conn: asyncpg.Connection, target: Target, sql: TargetStatements, checks: RowChecks,
+    records: _TargetRecords,
+) -> bool:
+    """Inserts of distinct keys among which some fail (dirty data): judged without staging.
+
+    Two queries over the records sent as arrays say which keys already have a row (and
+    whether it holds these values: a duplicate, else 23505) and which records the table's
+    rules refuse; the rest are copied straight in. False, with nothing written, if the
+    table still refuses one of those (a rule not known yet): the general path then
+    isolates it.
+    """
+    columns = list(zip(*records.rows, strict=True))
+    found = await conn.fetch(sql.existing_in_arrays, *columns, records.tenants)
+    verdicts: dict[int, Verdict] = {r["ord"]: DUPLICATE if r["same"] else KEY_EXISTS for r in found}
+    verdicts.update(await checks.refused_in_arrays(conn, columns, records.tenants))
+    rest = [n for n in range(len(records.rows)) if n not in verdicts]
+    if rest and not await _copy_direct(conn, target, records, rest):
+        return False
+    builders, positions = records.builders, records.positions
+    for n, v in verdicts.items():
+        builders[n].settle(positions[n], v.status, v.code, v.message)
+    return True
+
+
+async def _copy_direct(conn: asyncpg.Connection, target: Target, records: _TargetRecords,
+                       only: Sequence[int] | None = None) -> bool:
+    """COPY the rows (``only`` those positions) into the table under a savepoint; False (and
+    nothing written) if the table refused any row for a reason of the row's own."""
+    rows, tenants = records.rows, records.tenants
     attempt = conn.transaction()  # a savepoint
     await attempt.start()
     try:
         await conn.copy_records_to_table(
             target.name, columns=[*target.column_names, TENANT],
-            records=[(*row, tenants[n]) for n, row in enumerate(records.rows)])
+            records=[(*row, tenants[n]) for n, row in enumerate(rows)] if only is None
+            else [(*rows[n], tenants[n]) for n in only])
     except asyncpg.PostgresError as e:
         await attempt.rollback()
         if classify(e) is not ErrorKind.ROW:
