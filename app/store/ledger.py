@@ -245,9 +245,10 @@ def _block_of(row: asyncpg.Record) -> OutcomeBlock:
                         list(row["messages"]) if row["messages"] is not None else None)
 
 
-BLOCKS_PER_PAGE = 64
-"""Blocks read per query of a results listing: one short query, a page of a few tens of
-thousands of outcomes at most, and about the most a listing holds while it waits on its client."""
+BLOCKS_PER_PAGE = 8
+"""Blocks read per query of a results listing: one short query, a page of at most a few
+thousand outcomes (a block holds up to SLUICE_BATCH_SIZE), and about the most a listing
+holds while it waits on its client."""
 
 
 async def iter_outcomes(
