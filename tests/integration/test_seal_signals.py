@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -18,14 +20,23 @@ async def _receiving_job(db: asyncpg.Pool) -> str:
     return job_id
 
 
-async def test_a_seal_and_a_failed_submission_each_wake_the_listener(
-        stack: Stack, db: asyncpg.Pool) -> None:
+@asynccontextmanager
+async def _listening(stack: Stack) -> AsyncIterator[asyncio.Event]:
+    """A listener, connected (it wakes once on connecting); the event is set on each wake."""
     woken = asyncio.Event()
     listener = SealListener(stack.dsn, woken.set)
     listener.start()
     try:
-        await asyncio.wait_for(woken.wait(), 30)  # woken once on connecting
+        await asyncio.wait_for(woken.wait(), 30)
         woken.clear()
+        yield woken
+    finally:
+        await listener.stop()
+
+
+async def test_a_seal_and_a_failed_submission_each_wake_the_listener(
+        stack: Stack, db: asyncpg.Pool) -> None:
+    async with _listening(stack) as woken:
         await jobs.seal(db, await _receiving_job(db))
         await asyncio.wait_for(woken.wait(), 30)
         woken.clear()
@@ -40,18 +51,11 @@ async def test_a_seal_and_a_failed_submission_each_wake_the_listener(
         await jobs.fail_submission_now(db, sealed, "too late")
         await asyncio.sleep(0.5)
         assert not woken.is_set()
-    finally:
-        await listener.stop()
 
 
 async def test_the_listener_comes_back_after_its_connection_is_killed(
         stack: Stack, db: asyncpg.Pool) -> None:
-    woken = asyncio.Event()
-    listener = SealListener(stack.dsn, woken.set)
-    listener.start()
-    try:
-        await asyncio.wait_for(woken.wait(), 30)
-        woken.clear()
+    async with _listening(stack) as woken:
         killed = await db.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()")
@@ -60,5 +64,3 @@ async def test_the_listener_comes_back_after_its_connection_is_killed(
         woken.clear()
         await jobs.seal(db, await _receiving_job(db))
         await asyncio.wait_for(woken.wait(), 30)
-    finally:
-        await listener.stop()
