@@ -204,7 +204,8 @@ class PostgresSink:
             builders = [self._sort_items(envelope, jobs[envelope.job_id], done, pending, give_up)
                         for envelope in live]
             for target_name in sorted(pending):
-                await self._apply(conn, self._targets[target_name], pending[target_name])
+                if pending[target_name].rows:  # not when every record of it failed validation
+                    await self._apply(conn, self._targets[target_name], pending[target_name])
             result = BatchResult([block for builder in builders for block in builder.blocks()],
                                  replayed=blocks_of(done.values()))
             await ledger.record(conn, result.blocks)

@@ -98,3 +98,20 @@ async def test_a_rule_added_after_it_was_read_is_still_isolated(db: asyncpg.Pool
         await _write_and_check(db, sink, positions, sensor)
     finally:
         await db.execute(f"ALTER TABLE sensor_readings DROP CONSTRAINT {CHECK}")
+
+
+@pytest.mark.parametrize("direct_first", [True, False])
+async def test_a_chunk_whose_every_record_failed_validation_writes_only_outcomes(
+        db: asyncpg.Pool, direct_first: bool) -> None:
+    """Nothing for the table (every record invalid), whichever path the target is on:
+    the records fail with their own codes, at once, not after retries."""
+    sink, _ = _sink(db)
+    if not direct_first:
+        sink._direct.miss("sensor_readings")
+    job_id = await _sealed_job(db, 2)
+    owner = (await sink.claim([3]))[3]
+    envelope = Envelope(job_id, "sensor_readings", "insert",
+                        [Item(0, None, "malformed_record", "m"), Item(1, None, "wrong_type", "w")])
+    result = await sink.write([envelope], owner)
+    assert [(o.index, o.status, o.code) for o in result.outcomes()] == [
+        (0, RecordStatus.FAILED, "malformed_record"), (1, RecordStatus.FAILED, "wrong_type")]
