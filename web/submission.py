@@ -41,6 +41,7 @@ from web.payloads import (
     MalformedRecord,
     PayloadProblem,
     PayloadReader,
+    RawRecord,
     RecordCode,
 )
 from web.problems import Problem
@@ -188,20 +189,23 @@ async def spool_payload(
             spool.append(partition, data, len(part.items))
         buffers[partition] = []
 
-    async for record in reader.records(on_settled=settle):
+    async for batch in reader.batches(on_settled=settle):
         assert preparer is not None  # the reader settles before its first record
-        if isinstance(record, ConvertedRecord):
-            partition, item = preparer.place(record.index, record.row)
-        elif isinstance(record, MalformedRecord):
-            partition = record.index % ctx.partitions
-            item = Item(record.index, None, record.code, record.message)
-        else:
-            partition, item = preparer.prepare(record.index, record.value, record.textual)
-        buffer = buffers[partition]
-        buffer.append(item)
-        count += 1
-        if len(buffer) >= ctx.batch_size:
-            flush(partition)
+        place, prepare, batch_size = preparer.place, preparer.prepare, ctx.batch_size
+        for record in batch:
+            if type(record) is ConvertedRecord:
+                partition, item = place(record.index, record.row)
+            elif type(record) is MalformedRecord:
+                partition = record.index % ctx.partitions
+                item = Item(record.index, None, record.code, record.message)
+            else:
+                assert isinstance(record, RawRecord)
+                partition, item = prepare(record.index, record.value, record.textual)
+            buffer = buffers[partition]
+            buffer.append(item)
+            if len(buffer) >= batch_size:
+                flush(partition)
+        count += len(batch)
     if preparer is None or not count:
         # No record at all: still check the parameters so a typo gets its own error.
         resolve_target(ctx.targets, query_target, query_operation, reader.target, reader.operation)

@@ -94,14 +94,21 @@ class PayloadReader:
         for JSON. So a caller can refuse the request before the records cost anything.
         It is not called for a body that has no records array (or no bytes) at all.
         """
+        return _one_by_one(self.batches(on_settled))
+
+    def batches(
+        self, on_settled: Callable[[], None] | None = None
+    ) -> AsyncIterator[list[RawRecord | ConvertedRecord | MalformedRecord]]:
+        """``records``, a list at a time (what one piece of body held): a record costs no
+        step of an asynchronous generator of its own."""
         if self._started:
             raise SluiceError("PayloadReader.records() can only be iterated once")
         self._started = True
         if self._media_type == MediaType.NDJSON:
             return self._ndjson(on_settled)
         if self._media_type == MediaType.JSON:
-            return self._json(on_settled)
-        return self._csv(on_settled)
+            return _in_lists(self._json(on_settled))
+        return _in_lists(self._csv(on_settled))
 
     # --- body -----------------------------------------------------------------------
 
@@ -158,7 +165,7 @@ class PayloadReader:
 
     async def _ndjson(
         self, on_settled: Callable[[], None] | None
-    ) -> AsyncIterator[RawRecord | ConvertedRecord | MalformedRecord]:
+    ) -> AsyncIterator[list[RawRecord | ConvertedRecord | MalformedRecord]]:
         if on_settled is not None:
             on_settled()
         typed = self.line_decoder
@@ -171,6 +178,8 @@ class PayloadReader:
         index = 0
         line_no = 0
         async for lines in self._lines(splitter):
+            batch: list[RawRecord | ConvertedRecord | MalformedRecord] = []
+            add = batch.append
             for line in lines:
                 line_no += 1
                 if not line:
@@ -179,32 +188,34 @@ class PayloadReader:
                 if typed is not None and len(line) <= count_past:
                     row = typed(line)
                     if row is not None:
-                        yield ConvertedRecord(index, row)
+                        add(ConvertedRecord(index, row))
                         index += 1
                         continue
                 try:
                     value = loads(line)  # a trailing "\r" is JSON whitespace: no strip needed
                 except decode_error:
                     if line is TOO_LONG:
-                        yield MalformedRecord(
+                        add(MalformedRecord(
                             index, RecordCode.TOO_LARGE, f"line {line_no}: exceeds {limit} bytes"
-                        )
+                        ))
                     elif line.isspace():
                         continue
                     else:
-                        yield MalformedRecord(
+                        add(MalformedRecord(
                             index, RecordCode.MALFORMED, f"line {line_no}: not valid JSON"
-                        )
+                        ))
                     index += 1
                     continue
                 if len(line) > count_past and exceeds_fields(value, max_fields):
-                    yield MalformedRecord(
+                    add(MalformedRecord(
                         index, RecordCode.TOO_LARGE,
                         f"line {line_no}: more than {max_fields} fields",
-                    )
+                    ))
                 else:
-                    yield RawRecord(index, value, False)
+                    add(RawRecord(index, value, False))
                 index += 1
+            if batch:
+                yield batch
 
     async def _csv(
         self, on_settled: Callable[[], None] | None
@@ -262,3 +273,27 @@ class PayloadReader:
         for record in framer.feed(events, position):
             yield record
         framer.finish()
+
+
+Record = RawRecord | ConvertedRecord | MalformedRecord
+
+
+async def _one_by_one(batches: AsyncIterator[list[Record]]) -> AsyncIterator[Record]:
+    async for batch in batches:
+        for record in batch:
+            yield record
+
+
+_LIST_AT_MOST = 1024
+"""Records per list when a format frames them one by one (JSON arrays, CSV)."""
+
+
+async def _in_lists(records: AsyncIterator[Record]) -> AsyncIterator[list[Record]]:
+    batch: list[Record] = []
+    async for record in records:
+        batch.append(record)
+        if len(batch) >= _LIST_AT_MOST:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
