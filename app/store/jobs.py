@@ -32,6 +32,13 @@ JOB_SETTLED_CHANNEL = "sluice_job_settled"
 holding its envelopes back look again at once (agents/apply/seal_signals.py)."""
 
 _RUNNING = f"('{_ACCEPTED}', '{_PROCESSING}')"
+
+
+def _past_deadline(legacy_s: str) -> str:
+    """SQL true for a job past its receive deadline; ``legacy_s`` names the parameter
+    holding LEGACY_RECEIVE_S, for a job from before deadlines were stored."""
+    return f"now() > coalesce(receive_deadline, created_at + make_interval(secs => {legacy_s}))"
+
 _HALTED = f"('{_FAILED}', '{_ABORTED}')"
 
 
@@ -115,7 +122,7 @@ async def still_receiving(pool: asyncpg.Pool, job_ids: list[str]) -> set[str]:
     LEGACY_RECEIVE_S from its creation.
     """
     rows = await pool.fetch(
-        f"SELECT job_id, now() > coalesce(receive_deadline, created_at + make_interval(secs => $2))"
+        f"SELECT job_id, {_past_deadline('$2')}"
         f" AS expired FROM sluice_jobs WHERE job_id = ANY($1::text[]) AND state = '{_RECEIVING}'",
         job_ids, LEGACY_RECEIVE_S,
     )
@@ -131,8 +138,8 @@ async def _fail_expired_among(conn: asyncpg.Connection, job_ids: list[str]) -> s
     expired = await conn.fetch(
         f"UPDATE sluice_jobs SET state = '{_FAILED}', completed_at = now(), updated_at = now(),"
         " reason = 'submission did not complete: not sealed by its deadline'"
-        f" WHERE job_id = ANY($1::text[]) AND state = '{_RECEIVING}' AND now() > coalesce("
-        " receive_deadline, created_at + make_interval(secs => $2)) RETURNING job_id",
+        f" WHERE job_id = ANY($1::text[]) AND state = '{_RECEIVING}' AND {_past_deadline('$2')}"
+        " RETURNING job_id",
         job_ids, LEGACY_RECEIVE_S,
     )
     if expired:
@@ -149,8 +156,8 @@ async def fail_expired_submissions(pool: asyncpg.Pool) -> int:
     before producing anything has no envelope for a worker to notice it by)."""
     async with pool.acquire() as conn, conn.transaction():
         ids = [r["job_id"] for r in await conn.fetch(
-            f"SELECT job_id FROM sluice_jobs WHERE state = '{_RECEIVING}' AND now() > coalesce("
-            " receive_deadline, created_at + make_interval(secs => $1)) FOR UPDATE SKIP LOCKED",
+            f"SELECT job_id FROM sluice_jobs WHERE state = '{_RECEIVING}' AND {_past_deadline('$1')}"
+            " FOR UPDATE SKIP LOCKED",
             LEGACY_RECEIVE_S)]
         if ids:
             await _fail_expired_among(conn, ids)

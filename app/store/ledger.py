@@ -26,8 +26,6 @@ from schemas.vocabulary import RecordStatus
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Outcome", "OutcomeBlock", "record", "written_firsts", "outcomes_in", "iter_outcomes"]
-
 TABLE = "sluice_outcome_blocks"
 VIEW = "sluice_record_results"
 """Per-record rows, expanded from the blocks (and the per-record table of earlier releases)."""
@@ -59,11 +57,11 @@ CREATE TABLE IF NOT EXISTS {TABLE}_default PARTITION OF {TABLE} DEFAULT;
 ``failed``, ``duplicates`` and ``aborted`` count the block's statuses, so a listing of one
 status skips the blocks without it."""
 
-COLUMNS = ("job_id", "first_idx", "last_idx", "idx", "statuses", "keys", "codes", "messages",
-           "failed", "duplicates", "aborted")
 _COUNTED = {RecordStatus.FAILED: "failed", RecordStatus.DUPLICATE: "duplicates",
             RecordStatus.ABORTED: "aborted"}
 """The statuses a block counts, and their column (succeeded is what the others leave)."""
+COLUMNS = ("job_id", "first_idx", "last_idx", "idx", "statuses", "keys", "codes", "messages",
+           *_COUNTED.values())
 
 
 def _status_case(column: str) -> str:
@@ -94,9 +92,7 @@ INSERT INTO {TABLE} ({', '.join(COLUMNS)}, written_on)
 SELECT job_id, min(idx), max(idx), array_agg(idx ORDER BY idx),
        string_agg({_letter_case('status')}, '' ORDER BY idx),
        array_agg(key ORDER BY idx), array_agg(code ORDER BY idx), array_agg(message ORDER BY idx),
-       count(*) FILTER (WHERE status = '{RecordStatus.FAILED}'),
-       count(*) FILTER (WHERE status = '{RecordStatus.DUPLICATE}'),
-       count(*) FILTER (WHERE status = '{RecordStatus.ABORTED}'),
+       {', '.join(f"count(*) FILTER (WHERE status = '{status}')" for status in _COUNTED)},
        written_on
 FROM {{old}} GROUP BY job_id, written_on, idx / 1000
 """
@@ -179,8 +175,7 @@ async def record(conn: asyncpg.Connection, blocks: Iterable[OutcomeBlock]) -> No
     """Add blocks to the ledger (binary COPY, one row per block)."""
     rows = [
         (b.job_id, b.first, b.last, b.indexes, b.statuses, b.keys, b.codes, b.messages,
-         b.count(RecordStatus.FAILED), b.count(RecordStatus.DUPLICATE),
-         b.count(RecordStatus.ABORTED))
+         *(b.count(status) for status in _COUNTED))
         for b in blocks if len(b)
     ]
     if rows:

@@ -65,8 +65,7 @@ class RowChecks:
 
     async def refused(self, conn: asyncpg.Connection, ords: list[int]) -> dict[int, Verdict]:
         """The staged rows among ``ords`` that the table's rules refuse, with their verdicts."""
-        if time.monotonic() - self._read_at > REFRESH_S:
-            await self._read(conn)
+        await self._fresh(conn)
         if self._query is None or not ords:
             return {}
         return self._verdicts(await conn.fetch(self._query, ords))
@@ -74,11 +73,15 @@ class RowChecks:
     async def refused_in_arrays(self, conn: asyncpg.Connection, columns: Sequence[Sequence[Any]],
                                 tenants: Sequence[str | None]) -> dict[int, Verdict]:
         """The same for records given column by column (no staging), by position from 0."""
-        if time.monotonic() - self._read_at > REFRESH_S:
-            await self._read(conn)
+        await self._fresh(conn)
         if self._array_query is None:
             return {}
         return self._verdicts(await conn.fetch(self._array_query, *columns, tenants))
+
+    async def _fresh(self, conn: asyncpg.Connection) -> None:
+        """Re-read the rules when they are older than REFRESH_S."""
+        if time.monotonic() - self._read_at > REFRESH_S:
+            await self._read(conn)
 
     def _verdicts(self, rows: Sequence[asyncpg.Record]) -> dict[int, Verdict]:
         failures: dict[int, Verdict] = {}

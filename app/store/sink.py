@@ -537,18 +537,17 @@ async def _update_jobs(
     conn: asyncpg.Connection, envelopes: Sequence[Envelope], blocks: Sequence[OutcomeBlock],
     undeliverable: Sequence[Undeliverable], jobs: Mapping[str, _Job],
 ) -> dict[str, dict[str, Any]]:
-    by_job = count_statuses(blocks)
-    counts: dict[str, list[int]] = {e.job_id: [0, 0, 0, 0] for e in envelopes}
-    for job_id, c in by_job.items():
-        counts[job_id] = [c[RecordStatus.SUCCEEDED], c[RecordStatus.FAILED],
-                          c[RecordStatus.DUPLICATE], c[RecordStatus.ABORTED]]
+    counts = count_statuses(blocks)
     for u in undeliverable:
         if u.job_id is not None and u.job_id in jobs:
-            counts.setdefault(u.job_id, [0, 0, 0, 0])[1] += u.records
+            job = counts.setdefault(u.job_id, dict.fromkeys(RecordStatus, 0))
+            job[RecordStatus.FAILED] += u.records
     stream = {e.job_id for e in envelopes if e.source_topic is not None}
     return await job_store.record_progress(conn, {
-        job_id: job_store.Progress(ok, bad, dup, aborted, job_id in stream)
-        for job_id, (ok, bad, dup, aborted) in counts.items() if ok + bad + dup + aborted})
+        job_id: job_store.Progress(c[RecordStatus.SUCCEEDED], c[RecordStatus.FAILED],
+                                   c[RecordStatus.DUPLICATE], c[RecordStatus.ABORTED],
+                                   job_id in stream)
+        for job_id, c in counts.items() if any(c.values())})
 
 
 async def _record_undeliverable(
