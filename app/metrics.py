@@ -60,6 +60,10 @@ partition_gaps = Counter(
     "Records-topic offsets missing from the log where a partition continues (retention deleted "
     "envelopes before they were applied: their jobs stall). Alert on any increase.",
 )
+partitions_assigned = Gauge(
+    "sluice_records_partitions_assigned",
+    "Records-topic partitions this worker holds (its group shares them among the workers).",
+)
 waiting_envelope_bytes = Gauge(
     "sluice_waiting_envelope_bytes",
     "Envelopes held in the worker until their jobs are sealed.",

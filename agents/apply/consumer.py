@@ -250,11 +250,13 @@ class RecordsConsumer(faust.Service):
             task = PartitionTask(tp, consumer, make_applier, claim, settings.flush_interval_s)
             task.task = asyncio.create_task(self._guard(task), name=f"apply-records-{partition}")
             self._partitions[partition] = task
+        metrics.partitions_assigned.set(len(self._partitions))
 
     async def revoke(self, partitions: Sequence[int]) -> None:
         """Stop the tasks of partitions this worker no longer owns (what they had not
         published is read again by the next owner, and found in the ledger)."""
         tasks = [t for p in partitions if (t := self._partitions.pop(p, None)) and t.task]
+        metrics.partitions_assigned.set(len(self._partitions))
         for t in tasks:
             assert t.task is not None
             t.task.cancel()

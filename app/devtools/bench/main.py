@@ -71,7 +71,7 @@ async def _sweep(services: BenchServices, sizes: list[int], records: int, tag: s
     for size in sizes:
         pipeline = services.pipeline(f"batch{size}", batch_size=str(size))
         try:
-            await scenarios.warm_up(pipeline, f"{tag}-w{size}")
+            await scenarios.warm_up(pipeline, f"{tag}-w{size}", services.settings.partitions)
             say(f"batch size {size}: {records:,} records")
             run = await scenarios.http_run(pipeline, [(ndjson(f"{tag}-s{size}", 0, records), records)])
         finally:
@@ -169,7 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["batch_sweep"] = await _sweep(services, sizes, args.sweep_records, tag, say)
         say("starting worker and web with the default settings (rate limits raised for the bench)")
         pipeline = services.pipeline("main")
-        await scenarios.warm_up(pipeline, f"{tag}-warm")
+        await scenarios.warm_up(pipeline, f"{tag}-warm", services.settings.partitions)
         figures.update(await _payload_runs(services, pipeline, args, tag, say))
         figures.update(await _other_runs(services, pipeline, args, tag, say))
         _copy_shares(figures)

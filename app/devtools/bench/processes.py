@@ -152,9 +152,11 @@ class BenchServices:
         """Start a worker and a web process with these settings (on top of the environment
         and BENCH_SETTINGS)."""
         run = uuid.uuid4().hex[:6]
-        port, web_metrics_port = free_port(), free_port()
         workers = int(settings.get("local_workers", self.settings.local_workers))
-        metrics_ports = [free_port() for _ in range(workers)]
+        ports: set[int] = set()
+        while len(ports) < workers + 2:  # all different: a port picked twice would serve one process
+            ports.add(free_port())
+        port, web_metrics_port, *metrics_ports = ports
         prefix = f"bench-{name}-{run}"
         env = {
             **self.env,

@@ -118,9 +118,28 @@ async def http_run(pipeline: Pipeline, bodies: list[tuple[bytes, int]], *,
                       retries.as_doc())
 
 
-async def warm_up(pipeline: Pipeline, tag: str) -> None:
-    """One small job through the whole pipeline: the worker has joined its group after it."""
-    await http_run(pipeline, [(ndjson(tag, 0, 10), 10)], timeout_s=120)
+async def warm_up(pipeline: Pipeline, tag: str, partitions: int, timeout_s: float = 120) -> None:
+    """Wait until the workers' group has settled (every worker holds partitions, all of them
+    held), then one small job through the whole pipeline: no run is measured across a
+    rebalance of workers still joining."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            held = [await _partitions_held(http, url) for url in pipeline.worker_metrics_urls]
+            if sum(held) == partitions and sum(map(bool, held)) == min(len(held), partitions):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"workers hold {held} of {partitions} partitions after {timeout_s:.0f} s")
+            await asyncio.sleep(POLL_S)
+    await http_run(pipeline, [(ndjson(tag, 0, 10), 10)], timeout_s=timeout_s)
+
+
+async def _partitions_held(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(f"{url}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("sluice_records_partitions_assigned "):
+                return int(float(line.split()[1]))
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
