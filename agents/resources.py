@@ -55,8 +55,9 @@ class WorkerResources(faust.Service):
         """Connect, create missing tables, expose metrics."""
         settings = get_settings()
         _, dsn, _ = settings.require_services()
-        # One connection per partition written concurrently, plus claims, reports and upkeep.
-        self._pool = await create_pool(dsn, max_size=settings.partitions + 2, custom_plans=True)
+        # Per partition, one connection for its writes and one for an early write; plus
+        # claims, reports and upkeep.
+        self._pool = await create_pool(dsn, max_size=2 * settings.partitions + 2, custom_plans=True)
         await migrate(self._pool, self.targets, results_retention_days=settings.results_retention)
         records = TopicNames(settings.topic_prefix).records
         self._sink = PostgresSink(

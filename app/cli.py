@@ -38,6 +38,7 @@ def run_worker(_: argparse.Namespace) -> int:
 
     logs.configure(get_settings().log_level, get_settings().library_log_level)
     event_loop.install()
+    os.nice(get_settings().worker_nice)
     worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)
     worker.execute_from_commandline()
     return 0

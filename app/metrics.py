@@ -41,6 +41,12 @@ message_age = Histogram(
 write_retries = Counter(
     "sluice_write_retries_total", "Batch writes retried after a transient failure.", ["reason"]
 )
+early_writes = Counter(
+    "sluice_early_writes_total",
+    "Big jobs' envelopes written while received: committed at the seal, rolled_back (the"
+    " submission failed), gave_way (to another job's write of a key), failed.",
+    ["outcome"],
+)
 queue_depth = Gauge(
     "sluice_queue_depth_records", "Records accepted but without an outcome yet."
 )

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # Values in one record at any depth (or CSV columns): PostgreSQL tables have <= 1600.
     max_record_fields: int = Field(1600, ge=1, le=100_000)
     submission_timeout_s: float = 30.0
+    # A payload whose envelopes pass this size is recorded as a job and produced while it
+    # is parsed, so that the workers write it meanwhile (uncommitted until it is sealed);
+    # a smaller one is produced once parsed whole, and refused it leaves no job behind.
+    stream_after_bytes: int = Field(8 * 1024 * 1024, ge=0)
     idempotency_ttl_s: int = 24 * 3600
     max_concurrent_uploads: int = Field(200, ge=1)
     # Backpressure: refuse new submissions while this much is queued behind the ingress.
@@ -127,8 +131,16 @@ class Settings(BaseSettings):
     # payload 25 % sooner on 2 cores (README, Performance). The first serves metrics on
     # SLUICE_WORKER_METRICS_PORT, the others on free ports printed at start.
     local_workers: int = Field(2, ge=1, le=16)
+    # Workers run at this lower CPU priority, so that on a machine they share with the web
+    # process, parsing an upload (what a submitter waits for) goes first and the workers
+    # write with what is left: a 100 MB payload's 202 came 17.0 s after its start at 0 and
+    # 9.x s at 10 (README, Performance). Alone on a machine it changes nothing.
+    worker_nice: int = Field(10, ge=0, le=19)
     batch_size: int = Field(1000, ge=500, le=2000)
     flush_interval_s: float = Field(0.2, gt=0, le=5)
+    # Write a big job's envelopes while it is still received, in a transaction committed at
+    # its seal (README, How it works). Off: every job's envelopes wait for its seal.
+    early_writes: bool = True
     # How long the workers' fetches wait at the broker for records (fetch.max.wait.ms).
     # Real Kafka answers a waiting fetch as soon as records arrive; the embedded broker only
     # when this runs out, so it bounded how soon any job's records were seen (it was

@@ -80,6 +80,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         pool=pool, producer=producer, codec=EnvelopeCodec(targets), targets=targets,
         records_topic=names.records, partitions=settings.partitions,
         batch_size=settings.batch_size, spool_dir=settings.data_dir / "spool",
+        stream_after_bytes=settings.stream_after_bytes,
     )
     app[readiness_key] = CachedReadiness(service_probe(pool, client, producer),
                                          ttl_s=settings.readiness_cache_s)

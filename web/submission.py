@@ -1,9 +1,13 @@
-"""A bulk submission: decode the body as a stream, spool envelopes, produce them, seal the job.
+"""A bulk submission: decode the body as a stream, spool or produce envelopes, seal the job.
 
-Envelopes are spooled to a temporary file while the body is read, and produced only
-once the whole body has parsed: a payload rejected at its last byte (bad JSON, over
-the size limit) has then written nothing to Kafka, and memory stays flat whatever the
-payload size.
+Envelopes are spooled to a temporary file while the body is read, and a payload that
+stays small is produced only once it has parsed whole: one rejected at its last byte
+(bad JSON, over the size limit) has then written nothing to Kafka and left no job.
+A payload that proves big (``stream_after_bytes`` of envelopes) is recorded as a
+receiving job there and then, and its envelopes are produced as they are made, so that
+the workers write it while the rest is parsed (their writes commit only once it is
+sealed). Rejected later, that job is failed and its records that reached Kafka are
+reported aborted: none of them reaches the table. Memory stays flat either way.
 """
 
 from __future__ import annotations
@@ -58,12 +62,16 @@ class Spool:
         directory.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)
         self.envelopes = 0
+        self.records = 0
+        self.bytes = 0
 
     def append(self, partition: int, data: bytes, records: int) -> None:
         """Add one encoded envelope of ``records`` records bound for ``partition``."""
         self._file.write(_FRAME.pack(partition, records, len(data)))
         self._file.write(data)
         self.envelopes += 1
+        self.records += records
+        self.bytes += len(data)
 
     def replay(self) -> Iterator[tuple[int, int, bytes]]:
         """Read the envelopes back, in order: (partition, records, encoded envelope)."""
@@ -90,6 +98,8 @@ class SubmissionContext:
     partitions: int
     batch_size: int
     spool_dir: Path
+    stream_after_bytes: int = 8 * 1024 * 1024
+    """Envelope bytes spooled after which a payload is produced while it is parsed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +167,64 @@ def fail_alone_if_oversize(
     return failed, codec.encode(failed)
 
 
+OnBig = Callable[[Target, str, int], Awaitable[None]]
+"""Called once a payload proves big, before its first envelope is produced, with its
+target, operation and the records spooled so far: admits them and records the job."""
+
+
+class Outlet:
+    """Where a submission's envelopes go: the spool, until the payload proves big (see the
+    module docstring); from then on, Kafka as they are made, with a bounded number of
+    sends awaiting the broker's acknowledgement."""
+
+    MAX_PENDING = 256
+
+    def __init__(self, ctx: SubmissionContext, job_id: str, spool: Spool, on_big: OnBig) -> None:
+        self._ctx = ctx
+        self._job = job_id.encode()
+        self._spool = spool
+        self._on_big = on_big
+        self._pending: list[asyncio.Future[object]] = []
+        self.streaming = False
+
+    async def add(self, target: Target, operation: str, partition: int, data: bytes,
+                  records: int) -> None:
+        """One encoded envelope of ``records`` records bound for ``partition``."""
+        if self.streaming:
+            await self._send(partition, records, data)
+            return
+        self._spool.append(partition, data, records)
+        if self._spool.bytes >= self._ctx.stream_after_bytes:
+            await self._on_big(target, operation, self._spool.records)
+            await self.produce_spool()
+
+    async def produce_spool(self) -> None:
+        """Send what is spooled; every envelope made after this is sent at once."""
+        self.streaming = True
+        for partition, records, data in self._spool.replay():
+            await self._send(partition, records, data)
+
+    async def drain(self) -> None:
+        """Wait until the broker has acknowledged every envelope sent."""
+        await asyncio.gather(*self._pending)
+        self._pending.clear()
+
+    async def _send(self, partition: int, records: int, data: bytes) -> None:
+        self._pending.append(await self._ctx.producer.send(
+            self._ctx.records_topic, value=data, key=str(partition).encode(), partition=partition,
+            headers=[(JOB_HEADER, self._job), (RECORDS_HEADER, str(records).encode())],
+        ))
+        if len(self._pending) >= self.MAX_PENDING:  # bound what waits in memory
+            await self.drain()
+
+
 async def spool_payload(
     ctx: SubmissionContext, reader: PayloadReader, job_id: str,
-    query_target: str | None, query_operation: str | None, spool: Spool,
+    query_target: str | None, query_operation: str | None, outlet: Outlet,
     authorize: Authorize | None = None,
 ) -> tuple[Target, str, int]:
-    """Decode, validate and pack every record; return (target, operation, record count).
+    """Decode, validate and pack every record into ``outlet``; return (target, operation,
+    record count).
 
     Target and operation are resolved, and ``authorize``d, as soon as the body has settled
     them and before any record is read: a refused request costs no more than its head.
@@ -181,13 +243,13 @@ async def spool_payload(
         preparer = RecordPreparer(target, operation, ctx.partitions)
         reader.line_decoder = preparer.decode_json
 
-    def flush(partition: int) -> None:
+    async def flush(partition: int) -> None:
         assert preparer is not None
         envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition])
+        buffers[partition] = []
         for part, data in ctx.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES):
             part, data = fail_alone_if_oversize(ctx.codec, part, data)
-            spool.append(partition, data, len(part.items))
-        buffers[partition] = []
+            await outlet.add(preparer.target, preparer.operation, partition, data, len(part.items))
 
     async for batch in reader.batches(on_settled=settle):
         assert preparer is not None  # the reader settles before its first record
@@ -204,7 +266,7 @@ async def spool_payload(
             buffer = buffers[partition]
             buffer.append(item)
             if len(buffer) >= batch_size:
-                flush(partition)
+                await flush(partition)
         count += len(batch)
     if preparer is None or not count:
         # No record at all: still check the parameters so a typo gets its own error.
@@ -212,24 +274,9 @@ async def spool_payload(
         raise Problem(422, "Empty payload", "the payload holds no records", slug="empty-payload")
     for partition, buffer in enumerate(buffers):
         if buffer:
-            flush(partition)
+            await flush(partition)
     assert preparer is not None
     return preparer.target, preparer.operation, count
-
-
-async def produce_spool(ctx: SubmissionContext, spool: Spool, job_id: str) -> None:
-    """Send every spooled envelope and wait until the broker has acknowledged each."""
-    pending: list[asyncio.Future[object]] = []
-    job = job_id.encode()
-    for partition, records, data in spool.replay():
-        pending.append(await ctx.producer.send(
-            ctx.records_topic, value=data, key=str(partition).encode(), partition=partition,
-            headers=[(JOB_HEADER, job), (RECORDS_HEADER, str(records).encode())],
-        ))
-        if len(pending) >= 256:  # bound what waits in memory
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
 
 
 async def submit(
@@ -243,69 +290,106 @@ async def submit(
     """Run one submission to the point where it is safe to answer 202.
 
     One deadline covers the whole submission: a body that does not arrive in time gets
-    408, records that Kafka does not take in time get 503; neither leaves anything behind.
-    ``authorize`` runs once target and operation are known, before any record is read.
+    408, records that Kafka does not take in time get 503. ``authorize`` runs once target
+    and operation are known, before any record is read; ``admit`` before records are
+    produced (for a big payload, in two parts: those parsed when it proved big, then the
+    rest). Once the job is recorded, any failure fails it: none of its records is applied.
     """
     job_id = str(uuid.uuid4())
     spool = Spool(ctx.spool_dir)
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    admitted = 0
+    recorded = sealed = False
+
+    async def record_job(target: Target, operation: str, records: int) -> None:
+        """Admit the records parsed so far and record the job as receiving."""
+        nonlocal admitted, recorded
+        if admit is not None:
+            await admit(target.name, operation, records)
+        admitted = records
+        await jobs.create_receiving(
+            ctx.pool, job_id, target.name, operation, records,
+            seal_within_s=deadline - loop.time(), tenant=tenant, principal=principal,
+            idempotency_key=idempotency_key)
+        recorded = True
+
+    outlet = Outlet(ctx, job_id, spool, record_job)
     try:
         try:
             async with asyncio.timeout_at(deadline):
                 with metrics.timed_stage("parse") as stage:
                     target, operation, count = await spool_payload(
-                        ctx, reader, job_id, query_target, query_operation, spool, authorize
+                        ctx, reader, job_id, query_target, query_operation, outlet, authorize
                     )
                     stage.records = count
         except TimeoutError as e:
             raise Problem(408, "Submission timed out",
                           f"the body was not received and parsed within {timeout_s:g} s; "
                           "nothing was accepted", slug="submission-timeout") from e
-        if admit is not None:  # authorise (target, operation, count) before anything is produced
-            await admit(target.name, operation, count)
-        await jobs.create_receiving(
-            ctx.pool, job_id, target.name, operation, count,
-            seal_within_s=deadline - asyncio.get_running_loop().time(),
-            tenant=tenant, principal=principal,
-            idempotency_key=idempotency_key,
-            # The body has been read whole by now: the fingerprint is final.
-            request_fingerprint=fingerprint.hexdigest() if fingerprint is not None else None)
+        except KafkaError as e:  # a big payload's envelopes are produced while it is parsed
+            raise _broker_problem(e, job_id) from e
+        if outlet.streaming:
+            if admit is not None:
+                await admit(target.name, operation, count - admitted)
+        else:
+            await record_job(target, operation, count)
         try:
             async with asyncio.timeout_at(deadline):
                 with metrics.timed_stage("produce", count):
-                    await produce_spool(ctx, spool, job_id)
-        except (KafkaError, OSError, asyncio.CancelledError, TimeoutError) as e:
-            oversize = isinstance(e, MessageSizeTooLargeError | RecordTooLargeError)
-            await asyncio.shield(jobs.fail_submission_now(
-                ctx.pool, job_id, "a message was too large for the broker" if oversize
-                else "broker unavailable during submission"))
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            if oversize:
-                # Not an outage: retrying the same records would fail the same way. Only
-                # a broker whose message limit is under MAX_ENVELOPE_BYTES gets here.
-                log.warning("broker refused an envelope as too large",
-                            extra={"job_id": job_id, "error": type(e).__name__,
-                                   "max_envelope_bytes": MAX_ENVELOPE_BYTES})
-                raise Problem(413, "Record too large",
-                              "the broker refused these records as too large for one message; "
-                              "nothing was accepted", slug=PayloadProblem.RECORD_TOO_LARGE) from e
-            raise Problem(503, "Broker unavailable",
-                          "records could not be written to Kafka; nothing was accepted",
-                          slug="broker-unavailable", headers={"Retry-After": "5"}) from e
+                    if not outlet.streaming:
+                        await outlet.produce_spool()
+                    await outlet.drain()
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise _broker_problem(e, job_id) from e
         try:
-            await jobs.seal(ctx.pool, job_id)
+            await jobs.seal(ctx.pool, job_id, records=count,
+                            request_fingerprint=fingerprint.hexdigest() if fingerprint else None)
         except jobs.SealRefused as e:
             raise Problem(503, "Submission expired",
                           "the records reached Kafka after the submission's deadline; the job "
                           "was failed and nothing of it will be applied",
                           slug="broker-unavailable", headers={"Retry-After": "5"}) from e
+        sealed = True
+    except BaseException as e:
+        if recorded and not sealed:
+            await asyncio.shield(jobs.fail_submission_now(ctx.pool, job_id, _failure_reason(e)))
+        raise
     finally:
         spool.close()
     metrics.records_received.labels(target.name, "http").inc(count)
     log.info("job accepted", extra={"job_id": job_id, "target": target.name,
                                     "operation": operation, "records": count})
     return Accepted(job_id, target.name, operation, count)
+
+
+def _broker_problem(error: BaseException, job_id: str) -> Problem:
+    """The answer to envelopes the broker did not take in time."""
+    if isinstance(error, MessageSizeTooLargeError | RecordTooLargeError):
+        # Not an outage: retrying the same records would fail the same way. Only a broker
+        # whose message limit is under MAX_ENVELOPE_BYTES gets here.
+        log.warning("broker refused an envelope as too large",
+                    extra={"job_id": job_id, "error": type(error).__name__,
+                           "max_envelope_bytes": MAX_ENVELOPE_BYTES})
+        return Problem(413, "Record too large",
+                       "the broker refused these records as too large for one message; "
+                       "nothing was accepted", slug=PayloadProblem.RECORD_TOO_LARGE)
+    return Problem(503, "Broker unavailable",
+                   "records could not be written to Kafka; nothing was accepted",
+                   slug="broker-unavailable", headers={"Retry-After": "5"})
+
+
+def _failure_reason(error: BaseException) -> str:
+    """Why a recorded job's submission failed, as its ``reason`` says (no record content)."""
+    if isinstance(error, Problem):
+        if error.status == 413 and isinstance(error.__cause__, KafkaError):
+            return "a message was too large for the broker"
+        if error.status == 503:
+            return "broker unavailable during submission"
+        return f"the payload was refused: {error.title}"
+    if isinstance(error, asyncio.CancelledError | ConnectionError):
+        return "the client went away before the payload was received whole"
+    return "the submission failed"
 
 
 async def body_chunks(

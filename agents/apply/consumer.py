@@ -143,26 +143,31 @@ class PartitionTask:
         log.info("records partition %d claimed (epoch %d) at offset %s", self.tp.partition,
                  claim.epoch, claim.next_offset)
         try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._idle_s if applier.waiting else None):
-                        await self._arrived.wait()
-                self._arrived.clear()
-                take = self._take()
-                await applier.apply(take)
-                metrics.waiting_envelope_bytes.set(applier.waiting_bytes)
-                if not self._full(share=0.5):
-                    self._consumer.resume(self.tp)
-                if take and applier.position is not None:
-                    await self._commit(applier.position)
-                if self._buffer:
-                    self._arrived.set()
+            await self._apply_until_revoked(applier)
         except Fenced as e:
             # Another worker claimed the partition, so the group has already moved it
             # away from this one: the rebalance this worker is about to see revokes this
             # task, and a new task claims the partition afresh if it comes back here.
             self._consumer.pause(self.tp)
             log.warning("stopped applying: %s", e)
+        finally:
+            await applier.close()
+
+    async def _apply_until_revoked(self, applier: PartitionApplier) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._idle_s if applier.waiting else None):
+                    await self._arrived.wait()
+            self._arrived.clear()
+            take = self._take()
+            await applier.apply(take)
+            metrics.waiting_envelope_bytes.set(applier.waiting_bytes)
+            if not self._full(share=0.5):
+                self._consumer.resume(self.tp)
+            if take and applier.position is not None:
+                await self._commit(applier.position)
+            if self._buffer:
+                self._arrived.set()
 
     def _take(self) -> list[RecordsMessage]:
         take: list[RecordsMessage] = []

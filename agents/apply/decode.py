@@ -56,6 +56,12 @@ class RecordsMessage:
         """The job its headers name (every envelope's message carries it)."""
         return header(self.headers, JOB_HEADER)
 
+    @property
+    def records(self) -> int:
+        """How many records its headers say it holds (0 if they do not say)."""
+        count = header(self.headers, RECORDS_HEADER)
+        return int(count) if count and count.isdigit() else 0
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:

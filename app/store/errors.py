@@ -39,7 +39,8 @@ _UNAVAILABLE_CLASSES = ("08", "53", "58")
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03"})
 # 40001 serialization_failure, 40P01 deadlock_detected, 55P03 lock_not_available,
 # 57014 query_canceled (statement_timeout).
-_CONFLICT_STATES = frozenset({"40001", "40P01", "55P03", "57014"})
+LOCK_NOT_AVAILABLE = "55P03"
+_CONFLICT_STATES = frozenset({"40001", "40P01", LOCK_NOT_AVAILABLE, "57014"})
 
 
 def sqlstate_of(error: BaseException) -> str | None:
@@ -68,6 +69,11 @@ def classify(error: BaseException) -> ErrorKind:
 def is_transient(error: BaseException) -> bool:
     """True when waiting and trying again may succeed."""
     return classify(error) in (ErrorKind.UNAVAILABLE, ErrorKind.CONFLICT)
+
+
+def is_lock_timeout(error: BaseException) -> bool:
+    """True for a wait for a lock cut short by ``lock_timeout`` (SQLSTATE 55P03)."""
+    return sqlstate_of(error) == LOCK_NOT_AVAILABLE
 
 
 def row_error_message(error: BaseException) -> str:

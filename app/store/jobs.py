@@ -49,7 +49,8 @@ async def create_receiving(
     *, seal_within_s: float, tenant: str | None = None, principal: str | None = None,
     idempotency_key: str | None = None, request_fingerprint: str | None = None,
 ) -> None:
-    """-> receiving: a submission whose envelopes are about to be produced (held until sealed).
+    """-> receiving: a submission whose envelopes are about to be produced (held until sealed;
+    ``records`` so far: a big payload's job is recorded while it is parsed).
 
     ``seal_within_s``: what is left of the submission's timeout. The job must be sealed
     by then plus SEAL_GRACE_S on the database's clock, or it is failed (see
@@ -80,18 +81,23 @@ class SealRefused(SluiceError):
     """The job is no longer receiving: its deadline passed and a worker (or sweep) failed it."""
 
 
-async def seal(pool: asyncpg.Pool, job_id: str) -> dict[str, Any]:
+async def seal(pool: asyncpg.Pool, job_id: str, *, records: int | None = None,
+               request_fingerprint: str | None = None) -> dict[str, Any]:
     """receiving -> accepted: every envelope is in Kafka; the workers may apply them.
 
-    Refused past the job's receive deadline, so that a job is either sealed in time or
-    failed, never both: raises SealRefused.
+    ``records`` is the final count (a big payload's job is recorded before it is parsed
+    whole) and ``request_fingerprint`` the body's, now that it is read whole. Refused past
+    the job's receive deadline, so that a job is either sealed in time or failed, never
+    both: raises SealRefused.
     """
     row = await pool.fetchrow(
-        f"UPDATE sluice_jobs SET state = '{_ACCEPTED}', accepted_at = now(), updated_at = now()"
+        f"UPDATE sluice_jobs SET state = '{_ACCEPTED}', accepted_at = now(), updated_at = now(),"
+        " records_received = COALESCE($3, records_received),"
+        " request_fingerprint = COALESCE($4, request_fingerprint)"
         f" WHERE job_id = $1 AND state = '{_RECEIVING}'"
         " AND (receive_deadline IS NULL OR now() <= receive_deadline)"
         " RETURNING *, pg_notify($2, job_id) AS notified",
-        job_id, JOB_SETTLED_CHANNEL,
+        job_id, JOB_SETTLED_CHANNEL, records, request_fingerprint,
     )
     if row is None:
         raise SealRefused(job_id)
@@ -243,6 +249,12 @@ async def flag_stalled(pool: asyncpg.Pool, stall_s: float) -> tuple[list[str], i
 
 
 # --- reads -------------------------------------------------------------------------------
+
+async def lock_state(conn: asyncpg.Connection, job_id: str) -> JobState | None:
+    """A job's state, its row locked until the caller's transaction ends (None: no such job)."""
+    state = await conn.fetchval("SELECT state FROM sluice_jobs WHERE job_id = $1 FOR UPDATE", job_id)
+    return None if state is None else JobState(state)
+
 
 async def states_of(conn: asyncpg.Connection, job_ids: list[str]) -> list[asyncpg.Record]:
     """(job_id, state, tenant, created_at) of the jobs that exist among ``job_ids``."""

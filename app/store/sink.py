@@ -1,21 +1,20 @@
 """The one PostgreSQL write boundary: a chunk of envelopes in, one transaction, outcomes out.
 
-Plan in, SQL out. Per target, inserts of distinct keys (the common case) are first
-copied straight into the table under a savepoint: if the table takes them all, every
-one succeeded and that was the whole write. Otherwise (a key already there, a row the
-table refuses, an upsert or delete) the chunk's records are staged by binary COPY; one
-query evaluates the table's own row rules on them, one reads which keys have a row and
-whether each record equals it; ``schemas.write_plan`` then decides every outcome and at
-most one action per key, and two set-based statements apply those actions. Records of
-one key are thereby applied in log order, across operations and jobs.
+Each target's records are written by ``app.store.target_writes`` (COPY straight in when
+nothing can conflict, else staged, checked, planned and applied in log order per key).
 
 Exactly-once effects from at-least-once delivery: every outcome goes to the ledger (a
 block per envelope) in the same transaction as the rows, so an envelope delivered again
 finds its records there and is re-published, never re-applied.
+
+A big job's envelopes need not wait for its seal: ``EarlyJobWrite`` writes them in a
+transaction left open while the job is received and committed once it is sealed, so
+that nothing of a job whose submission fails ever becomes visible.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,31 +26,18 @@ import asyncpg
 from app.errors import SluiceError
 from app.store import jobs as job_store
 from app.store import ledger, reports
-from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
 from app.store.positions import Claim, Fence, PartitionPositions
-from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
+from app.store.target_writes import TargetRecords, TargetWriter
 from schemas.envelope import UNKNOWN_TARGET, Envelope
 from schemas.identity import key_json_encoder
 from schemas.outcomes import BlockBuilder, Outcome, OutcomeBlock, blocks_of, count_statuses
-from schemas.sql import TENANT, TargetStatements, statements_for
 from schemas.targets import Target
 from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, JobState, Operation, RecordStatus
 from schemas.write_plan import (
-    DUPLICATE,
-    KEY_EXISTS,
-    SUCCEEDED,
-    ExistingRows,
-    Step,
     Verdict,
-    plan_writes,
 )
 
 log = logging.getLogger(__name__)
-
-ISOLATION_FANOUT = 8
-"""A set the database refuses is split this many ways, each part under a savepoint, until
-the refused rows stand alone: about log8(n) statements per bad row, no TRUNCATE inside."""
-
 
 class JobNotSealed(SluiceError):
     """A job's records are still being produced; its envelopes must wait."""
@@ -103,46 +89,6 @@ class BatchResult:
             yield from block.outcomes()
 
 
-@dataclass(slots=True)
-class _TargetRecords:
-    """One target's valid records of a chunk, in log order, waiting for their write; each
-    knows the block (and position in it) its outcome goes to."""
-
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    operations: list[Operation] = field(default_factory=list)
-    tenants: list[str | None] = field(default_factory=list)
-    builders: list[BlockBuilder] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    inserts_only: bool = True
-
-
-class _DirectCopy:
-    """When to try copying a chunk straight into its table: after a miss (a key already
-    there, a row refused), not for the next few chunks of that target, twice as many
-    after each further miss, so that dirty data costs one failed COPY now and then."""
-
-    MAX_SKIP = 64
-
-    def __init__(self) -> None:
-        self._skip: dict[str, int] = {}
-        self._backoff: dict[str, int] = {}
-
-    def worth_trying(self, target: str) -> bool:
-        left = self._skip.get(target, 0)
-        if left:
-            self._skip[target] = left - 1
-            return False
-        return True
-
-    def hit(self, target: str) -> None:
-        self._backoff.pop(target, None)
-
-    def miss(self, target: str) -> None:
-        backoff = min(self._backoff.get(target, 1) * 2, self.MAX_SKIP)
-        self._backoff[target] = backoff
-        self._skip[target] = backoff
-
-
 class PostgresSink:
     """Writes chunks of envelopes into their target tables."""
 
@@ -154,9 +100,7 @@ class PostgresSink:
         self._positions = positions
         self._topic = topic
         self._targets: dict[str, Target] = {}
-        self._statements: dict[str, TargetStatements] = {}
-        self._checks: dict[str, RowChecks] = {}
-        self._direct = _DirectCopy()
+        self.writer = TargetWriter()
         self.add_targets(targets)
 
     def add_targets(self, targets: Mapping[str, Target]) -> None:
@@ -164,9 +108,7 @@ class PostgresSink:
         for name, target in targets.items():
             if name not in self._targets:
                 self._targets[name] = target
-                self._statements[name] = statements_for(target)
-                statements = self._statements[name]
-                self._checks[name] = RowChecks(target, statements.stage, statements.rows_source)
+        self.writer.add_targets(targets)
 
     async def claim(self, partitions: Iterable[int]) -> dict[int, Claim]:
         """Take records partitions over (fencing their previous owner); where each continues."""
@@ -187,28 +129,24 @@ class PostgresSink:
         undeliverable: Sequence[Undeliverable] = (),
         *,
         give_up: Verdict | None = None,
+        lock_timeout_s: float | None = None,
     ) -> BatchResult:
         """Apply every record of the envelopes in one transaction.
 
         Raises Fenced (before anything is written) unless ``owner`` still owns the partition,
         JobNotSealed if a job is still being received. With ``give_up``, nothing is written
         to the targets: every record not yet in the ledger gets that verdict (a batch that
-        kept failing past its retry bound).
+        kept failing past its retry bound). ``lock_timeout_s`` bounds each wait for a row
+        lock (SQLSTATE 55P03 past it): set while this partition has an early write open,
+        whose locks only this partition's own loop can release.
         """
         async with self._pool.acquire() as conn, conn.transaction():
+            if lock_timeout_s is not None:
+                await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_s * 1000)}")
             await self._positions.hold(conn, owner.partition, owner.epoch)
             jobs = await self._jobs(conn, envelopes, undeliverable)
             live = [e for e in envelopes if e.job_id in jobs]
-            done = await self._already_written(conn, live, jobs)
-            pending: dict[str, _TargetRecords] = {}
-            builders = [self._sort_items(envelope, jobs[envelope.job_id], done, pending, give_up)
-                        for envelope in live]
-            for target_name in sorted(pending):
-                if pending[target_name].rows:  # not when every record of it failed validation
-                    await self._apply(conn, self._targets[target_name], pending[target_name])
-            result = BatchResult([block for builder in builders for block in builder.blocks()],
-                                 replayed=blocks_of(done.values()))
-            await ledger.record(conn, result.blocks)
+            result = await self._write_records(conn, live, jobs, give_up)
             result.jobs = await _update_jobs(conn, live, result.blocks, undeliverable, jobs)
             await reports.enqueue_terminal(conn, [
                 job_id for job_id, job in jobs.items()
@@ -217,12 +155,59 @@ class PostgresSink:
             await _record_undeliverable(conn, self._topic, undeliverable)
             return result
 
+    async def open_job(self, job_id: str) -> EarlyJobWrite | None:
+        """Begin writing a job still being received (see EarlyJobWrite); None unless it is."""
+        conn: asyncpg.Connection = await self._pool.acquire()
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("SET LOCAL idle_in_transaction_session_timeout = "
+                               f"{int(EARLY_WRITE_IDLE_S * 1000)}")
+            rows = await job_store.states_of(conn, [job_id])
+            if not rows or rows[0]["state"] != JobState.RECEIVING:
+                await transaction.rollback()
+                await self._pool.release(conn)
+                return None
+        except BaseException:
+            await self._pool.release(conn)
+            raise
+        job = _Job(rows[0]["state"], rows[0]["tenant"], rows[0]["created_at"].date())
+        return EarlyJobWrite(self, conn, transaction, job_id, job)
+
+    async def _write_records(
+        self, conn: asyncpg.Connection, envelopes: Sequence[Envelope], jobs: Mapping[str, _Job],
+        give_up: Verdict | None,
+    ) -> BatchResult:
+        """The envelopes' rows and ledger blocks, in the caller's transaction (job counts not moved)."""
+        done = await self._already_written(conn, envelopes, jobs)
+        pending: dict[str, TargetRecords] = {}
+        builders = [self._sort_items(envelope, jobs[envelope.job_id], done, pending, give_up)
+                    for envelope in envelopes]
+        for target_name in sorted(pending):
+            if pending[target_name].rows:  # not when every record of it failed validation
+                await self.writer.write(conn, self._targets[target_name], pending[target_name])
+        result = BatchResult([block for builder in builders for block in builder.blocks()],
+                             replayed=blocks_of(done.values()))
+        await ledger.record(conn, result.blocks)
+        return result
+
+    def key_hashes(self, envelopes: Iterable[Envelope]) -> set[int]:
+        """Hashes of the (target, key) pairs the envelopes' valid records write."""
+        hashes: set[int] = set()
+        for envelope in envelopes:
+            target = self._targets.get(envelope.target)
+            if target is not None:
+                key_of, name = target.key_of, envelope.target
+                hashes.update(hash((name, key_of(item.row))) for item in envelope.items
+                              if item.row is not None)
+        return hashes
+
     def _sort_items(
         self,
         envelope: Envelope,
         job: _Job,
         done: Mapping[tuple[str, int], Outcome],
-        pending: dict[str, _TargetRecords],
+        pending: dict[str, TargetRecords],
         give_up: Verdict | None,
     ) -> BlockBuilder:
         """The envelope's block: outcomes settled for what needs no write (replayed, halted,
@@ -234,7 +219,7 @@ class PostgresSink:
         job_id, operation = envelope.job_id, Operation(envelope.operation)
         builder = BlockBuilder(job_id)
         add = builder.add
-        queue = pending.get(envelope.target) or pending.setdefault(envelope.target, _TargetRecords()) \
+        queue = pending.get(envelope.target) or pending.setdefault(envelope.target, TargetRecords()) \
             if target is not None and not halted and give_up is None else None
         if queue is not None:
             rows, operations, tenants = queue.rows, queue.operations, queue.tenants
@@ -265,67 +250,6 @@ class PostgresSink:
                 add(item.index, RecordStatus.FAILED, None, UNKNOWN_TARGET,
                     f"this worker knows no target named {envelope.target!r}")
         return builder
-
-    async def _apply(self, conn: asyncpg.Connection, target: Target, records: _TargetRecords) -> None:
-        """Write one target's records; settle the outcome of each that did not succeed.
-
-        Inserts of distinct keys are first copied straight into the table (under a
-        savepoint): the common case then costs one COPY. If the table refuses any of
-        them (a key already there, a rule), nothing of that COPY stays, and the records
-        take the general path: stage, check, read, plan, write.
-        """
-        sql = self._statements[target.name]
-        checks = self._checks[target.name]
-        if records.inserts_only and len(set(map(target.key_of, records.rows))) == len(records.rows):
-            if self._direct.worth_trying(target.name):
-                if await _copy_direct(conn, target, records):
-                    self._direct.hit(target.name)
-                    return
-                self._direct.miss(target.name)
-            if await _insert_checked(conn, target, sql, checks, records):
-                return
-        key_of = target.key_of
-        rows, tenants = records.rows, records.tenants
-        await conn.execute(sql.prepare_stage)
-        await conn.copy_records_to_table(
-            sql.stage, columns=list(sql.stage_columns),
-            records=[(n, *row, tenants[n]) for n, row in enumerate(rows)],
-        )
-        steps = [Step(n, op, key_of(rows[n]), rows[n], tenants[n])
-                 for n, op in enumerate(records.operations)]
-        checked = [s.ord for s in steps if s.operation is not Operation.DELETE]
-        verdicts = await _insert_all_new(conn, sql, checks, steps, checked)
-        if verdicts is None:
-            verdicts = await self._plan_and_write(conn, sql, checks, steps, checked)
-        builders, positions = records.builders, records.positions
-        for n, v in verdicts.items():
-            if v is not SUCCEEDED:
-                builders[n].settle(positions[n], v.status, v.code, v.message)
-
-    @staticmethod
-    async def _plan_and_write(
-        conn: asyncpg.Connection, sql: TargetStatements, checks: RowChecks, steps: list[Step],
-        checked: list[int],
-    ) -> dict[int, Verdict]:
-        """Read the keys' rows, plan every outcome in log order, write one action per key."""
-        found = await conn.fetch(sql.existing)
-        existing = ExistingRows(present={steps[r["ord"]].key for r in found},
-                                same={r["ord"] for r in found if r["same"]})
-        verdicts: dict[int, Verdict] = {}
-        for last_try in (False, True):
-            refused = await checks.refused(conn, checked)
-            writes = conn.transaction()  # a savepoint: undone if the table's rules changed
-            await writes.start()
-            try:
-                verdicts = await _write_planned(conn, sql, steps, existing, refused,
-                                                rules_may_be_stale=not last_try)
-            except _RulesChanged:
-                await writes.rollback()
-                checks.stale()
-                continue
-            await writes.commit()
-            break
-        return verdicts
 
     async def _jobs(
         self, conn: asyncpg.Connection, envelopes: Sequence[Envelope],
@@ -378,159 +302,95 @@ class PostgresSink:
                 if (o := written.get((e.job_id, i.index))) is not None}
 
 
-async def _insert_all_new(
-    conn: asyncpg.Connection, sql: TargetStatements, checks: RowChecks, steps: list[Step],
-    checked: list[int],
-) -> dict[int, Verdict] | None:
-    """Inserts of distinct keys (the common case): one statement, no plan.
+EARLY_WRITE_IDLE_S = 15.0
+"""PostgreSQL ends an early write's session once idle this long inside its transaction, so
+that a frozen worker's uncommitted rows stop blocking the partition's next owner."""
 
-    ``ON CONFLICT DO NOTHING`` under a savepoint: the rows that went in succeeded; for the
-    keys that were already there, one probe says whether each record equals its row (a
-    duplicate) or not (23505). If the table refuses a row, nothing of it stays and None
-    sends the records down the general path, which isolates the refused rows.
+
+@dataclass(slots=True)
+class WrittenChunk:
+    """A chunk an early write wrote: its outcomes, and its envelopes without their records
+    (what publishing the outcomes needs)."""
+
+    result: BatchResult
+    envelopes: list[Envelope]
+
+
+class EarlyJobWrite:
+    """One job's envelopes on one partition, written while the job is still being received.
+
+    They go into one transaction left open until the apply loop sees the job sealed:
+    ``finish`` then checks the fence and the job's state, adds the counts and commits. If
+    the job failed or was aborted instead, it rolls back and the envelopes take the
+    ordinary path (aborted outcomes): until the commit nothing of them is visible, and a
+    crash loses nothing the log does not hold. The keys written are remembered (as
+    hashes): another job's write of one of them on this partition must not be judged
+    before this job's rows, so the apply loop discards the early write first.
     """
-    if (len(checked) != len(steps) or any(s.operation is not Operation.INSERT for s in steps)
-            or len({s.key for s in steps}) != len(steps)):
-        return None
-    refused = await checks.refused(conn, checked)
-    ords = [s.ord for s in steps if s.ord not in refused]
-    attempt = conn.transaction()  # a savepoint
-    await attempt.start()
-    try:
-        if len(ords) == len(steps):
-            inserted = await conn.fetch(sql.insert_new_all)
-        else:
-            inserted = await conn.fetch(sql.insert_new, ords)
-    except asyncpg.PostgresError as e:
-        if classify(e) is not ErrorKind.ROW:
-            raise
-        await attempt.rollback()
-        return None
-    await attempt.commit()
-    verdicts = dict.fromkeys((r["ord"] for r in inserted), SUCCEEDED)
-    verdicts.update(refused)
-    if len(verdicts) < len(steps):  # keys already there: same values, or another row
-        conflicts = [s.ord for s in steps if s.ord not in verdicts]
-        same = {r["ord"] for r in await conn.fetch(sql.existing_of, conflicts) if r["same"]}
-        verdicts.update({o: DUPLICATE if o in same else KEY_EXISTS for o in conflicts})
-    return verdicts
 
+    def __init__(self, sink: PostgresSink, conn: asyncpg.Connection,
+                 transaction: asyncpg.transaction.Transaction, job_id: str, job: _Job) -> None:
+        self.job_id = job_id
+        self._sink = sink
+        self._conn = conn
+        self._transaction = transaction
+        self._job = job
+        self._keys: set[int] = set()
+        self._chunks: list[WrittenChunk] = []
+        self._open = True
 
-class _RulesChanged(SluiceError):
-    """The table refused a row by a CHECK or NOT NULL rule the pre-check did not know."""
+    async def write(self, envelopes: Sequence[Envelope]) -> None:
+        """Write a chunk of the job's envelopes (in log order after the previous ones)."""
+        assert all(e.job_id == self.job_id for e in envelopes)
+        result = await self._sink._write_records(self._conn, envelopes, {self.job_id: self._job},
+                                                 None)
+        self._keys |= self._sink.key_hashes(envelopes)
+        self._chunks.append(WrittenChunk(result, [
+            Envelope(e.job_id, e.target, e.operation, (), e.source_topic, e.source_partition)
+            for e in envelopes]))
 
+    def overlaps(self, envelopes: Sequence[Envelope]) -> bool:
+        """True if the envelopes touch a key this write has written (or may have: a hash)."""
+        return not self._keys.isdisjoint(self._sink.key_hashes(envelopes))
 
-async def _write_planned(
-    conn: asyncpg.Connection, sql: TargetStatements, steps: list[Step], existing: ExistingRows,
-    refused: dict[int, Verdict], *, rules_may_be_stale: bool,
-) -> dict[int, Verdict]:
-    """Plan and write; rows the database refuses fail and their keys are judged again.
+    async def finish(self, owner: Claim) -> list[WrittenChunk] | None:
+        """Commit once the job is sealed: its chunks, the last carrying the job's snapshot.
 
-    Only a key's final state is written, so a record superseded within the write is judged
-    by the pre-checked rules alone: if the table refuses a row by a rule the pre-check did
-    not know, _RulesChanged makes the caller re-read the rules and start again.
-    """
-    plan = plan_writes(steps, existing, refused)
-    verdicts = dict(plan.verdicts)
-    writes, deletes = plan.writes, plan.deletes
-    while writes or deletes:
-        failures = await _write_isolating(conn, sql, writes, deletes, staged=len(steps))
-        if not failures:
-            break
-        if rules_may_be_stale and any(
-                v.code in (CHECK_VIOLATION, NOT_NULL_VIOLATION) for v in failures.values()):
-            raise _RulesChanged()
-        # The refused records leave their keys as they were: judge those keys again
-        # without them; every other key's action is already applied.
-        affected = {plan.key_of_action[o] for o in failures}
-        refused = {**refused, **failures}
-        plan = plan_writes([s for s in steps if s.key in affected], existing, refused)
-        verdicts.update(plan.verdicts)
-        writes, deletes = plan.writes, plan.deletes
-    return verdicts
-
-
-async def _write_isolating(
-    conn: asyncpg.Connection, sql: TargetStatements, writes: list[int], deletes: list[int],
-    *, staged: int,
-) -> dict[int, Verdict]:
-    """Apply the actions; any the database refuses are isolated and returned with their SQLSTATE.
-
-    Every attempt runs under its own savepoint, so a refused part costs only itself.
-    """
-    failures: dict[int, Verdict] = {}
-
-    async def attempt(ws: list[int], ds: list[int]) -> None:
+        None, with everything rolled back, if the job failed or was aborted instead. Raises
+        Fenced (rolled back) if ``owner`` no longer owns the partition.
+        """
+        conn = self._conn
         try:
-            async with conn.transaction():  # a savepoint
-                if ds:
-                    await conn.execute(sql.delete, ds)
-                if ws:
-                    if len(ws) == staged:  # every staged row: no per-row filter
-                        await conn.execute(sql.write_all)
-                    else:
-                        await conn.execute(sql.write, ws)
-        except asyncpg.PostgresError as e:
-            if classify(e) is not ErrorKind.ROW:
-                raise
-            if len(ws) + len(ds) == 1:
-                failures[(ws or ds)[0]] = Verdict(
-                    RecordStatus.FAILED, sqlstate_of(e), row_error_message(e))
-                return
-            actions = [(o, True) for o in ws] + [(o, False) for o in ds]
-            size = -(-len(actions) // ISOLATION_FANOUT)
-            for start in range(0, len(actions), size):
-                part = actions[start:start + size]
-                await attempt([o for o, w in part if w], [o for o, w in part if not w])
-
-    await attempt(writes, deletes)
-    return failures
-
-
-async def _insert_checked(
-    conn: asyncpg.Connection, target: Target, sql: TargetStatements, checks: RowChecks,
-    records: _TargetRecords,
-) -> bool:
-    """Inserts of distinct keys among which some fail (dirty data): judged without staging.
-
-    Two queries over the records sent as arrays say which keys already have a row (and
-    whether it holds these values: a duplicate, else 23505) and which records the table's
-    rules refuse; the rest are copied straight in. False, with nothing written, if the
-    table still refuses one of those (a rule not known yet): the general path then
-    isolates it.
-    """
-    columns = list(zip(*records.rows, strict=True))
-    found = await conn.fetch(sql.existing_in_arrays, *columns, records.tenants)
-    verdicts: dict[int, Verdict] = {r["ord"]: DUPLICATE if r["same"] else KEY_EXISTS for r in found}
-    verdicts.update(await checks.refused_in_arrays(conn, columns, records.tenants))
-    rest = [n for n in range(len(records.rows)) if n not in verdicts]
-    if rest and not await _copy_direct(conn, target, records, rest):
-        return False
-    builders, positions = records.builders, records.positions
-    for n, v in verdicts.items():
-        builders[n].settle(positions[n], v.status, v.code, v.message)
-    return True
-
-
-async def _copy_direct(conn: asyncpg.Connection, target: Target, records: _TargetRecords,
-                       only: Sequence[int] | None = None) -> bool:
-    """COPY the rows (``only`` those positions) into the table under a savepoint; False (and
-    nothing written) if the table refused any row for a reason of the row's own."""
-    rows, tenants = records.rows, records.tenants
-    attempt = conn.transaction()  # a savepoint
-    await attempt.start()
-    try:
-        await conn.copy_records_to_table(
-            target.name, columns=[*target.column_names, TENANT],
-            records=[(*row, tenants[n]) for n, row in enumerate(rows)] if only is None
-            else [(*rows[n], tenants[n]) for n in only])
-    except asyncpg.PostgresError as e:
-        await attempt.rollback()
-        if classify(e) is not ErrorKind.ROW:
+            await self._sink._positions.hold(conn, owner.partition, owner.epoch)
+            state = await job_store.lock_state(conn, self.job_id)
+            if state not in (JobState.ACCEPTED, JobState.PROCESSING):
+                await self.discard()
+                return None
+            blocks = [block for chunk in self._chunks for block in chunk.result.blocks]
+            headers = [e for chunk in self._chunks for e in chunk.envelopes]
+            jobs = await _update_jobs(conn, headers, blocks, (), {self.job_id: self._job})
+            if jobs.get(self.job_id, {}).get("state") in TERMINAL_STATES:
+                await reports.enqueue_terminal(conn, [self.job_id])
+            await self._transaction.commit()
+        except BaseException:
+            await self.discard()
             raise
-        return False
-    await attempt.commit()
-    return True
+        self._open = False
+        await self._sink._pool.release(conn)
+        if self._chunks:
+            self._chunks[-1].result.jobs = jobs
+        return self._chunks
+
+    async def discard(self) -> None:
+        """Roll everything back and give the connection back (idempotent)."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            with contextlib.suppress(Exception):  # a session PostgreSQL ended rolled back already
+                await self._transaction.rollback()
+        finally:
+            await self._sink._pool.release(self._conn)
 
 
 async def _update_jobs(

@@ -23,6 +23,7 @@ from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait
 from app.settings import env_var
 
 TEST_MAX_BODY_BYTES = 8 * 1024 * 1024
+STREAM_AFTER_BYTES = 512 * 1024
 
 TEST_POLICY = """
 # Added by the test suite to the generated dev policy.
@@ -166,6 +167,9 @@ def stack() -> Iterator[Stack]:
         # The write-semantics tests upsert and delete through the input topic; the default
         # (inserts only) is tested on a stack of its own in test_kafka_producers.py.
         env_var("input_operations"): "sensor_readings=insert,upsert,delete",
+        # Payloads from about 15,000 records on are produced while parsed (and written
+        # early by the worker), so that the suite's bigger jobs take that path.
+        env_var("stream_after_bytes"): str(STREAM_AFTER_BYTES),
     })
     children = [_spawn("web", env, data / "web.log"), _spawn("worker", env, data / "worker.log")]
     try:

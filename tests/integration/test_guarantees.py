@@ -147,9 +147,9 @@ async def test_web_killed_mid_produce_fails_its_job_and_other_jobs_keep_flowing(
             "/v1/bulk-operations", params={"target": "sensor_readings"},
             data=ndjson([reading(tag, i) for i in range(n)]), headers=NDJSON))
         deadline = time.monotonic() + 60
+        # A payload this big is recorded as a job, and produced, while it is parsed.
         while (job_id := await conn.fetchval(
-                "SELECT job_id FROM sluice_jobs WHERE state = 'receiving' AND records_received = $1",
-                n)) is None:
+                "SELECT job_id FROM sluice_jobs WHERE state = 'receiving'")) is None:
             assert time.monotonic() < deadline and not upload.done()
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)  # some of its envelopes are in Kafka by now
@@ -215,7 +215,9 @@ async def test_a_worker_killed_after_completing_a_job_still_gets_its_report_out(
 async def test_web_killed_between_seal_and_202_the_retry_gets_the_job_within_the_lease(
     isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
 ) -> None:
-    stack = isolated(submission_timeout_s=5)  # a lease of 5 + 15 s
+    # A lease of 5 + 15 s. The payload is produced once parsed whole (not while parsed), so
+    # that the job is receiving only between the parse and the seal.
+    stack = isolated(submission_timeout_s=5, stream_after_bytes=1 << 40)
     web = stack.spawn("web")
     stack.spawn("worker")
     http = session_for(stack)

@@ -76,7 +76,7 @@ async def test_a_dirty_chunk_of_inserts_gets_the_semantics_outcomes_on_either_sh
         db: asyncpg.Pool, value_check: None, direct_first: bool) -> None:
     sink, positions = _sink(db)
     if not direct_first:
-        sink._direct.miss("sensor_readings")  # as after an earlier dirty chunk: judged over arrays
+        sink.writer.direct.miss("sensor_readings")  # as after an earlier dirty chunk: judged over arrays
     sensor = f"paths-{uuid.uuid4().hex[:6]}"
     await _existing(db, sensor)
     await _write_and_check(db, sink, positions, sensor)
@@ -86,7 +86,7 @@ async def test_a_rule_added_after_it_was_read_is_still_isolated(db: asyncpg.Pool
     """The array path knows the rules as last read; one added since then refuses its COPY,
     and the general path finds the refused record."""
     sink, positions = _sink(db)
-    sink._direct.miss("sensor_readings")
+    sink.writer.direct.miss("sensor_readings")
     warm = f"paths-{uuid.uuid4().hex[:6]}"
     job_id = await _sealed_job(db, 1)
     owner = (await sink.claim([3]))[3]
@@ -107,7 +107,7 @@ async def test_a_chunk_whose_every_record_failed_validation_writes_only_outcomes
     the records fail with their own codes, at once, not after retries."""
     sink, _ = _sink(db)
     if not direct_first:
-        sink._direct.miss("sensor_readings")
+        sink.writer.direct.miss("sensor_readings")
     job_id = await _sealed_job(db, 2)
     owner = (await sink.claim([3]))[3]
     envelope = Envelope(job_id, "sensor_readings", "insert",

@@ -37,7 +37,8 @@ class FakeSink:
 
     async def write(self, envelopes: Sequence[Envelope], owner: Claim,
                     undeliverable: Sequence[Undeliverable] = (), *,
-                    give_up: Verdict | None = None) -> BatchResult:
+                    give_up: Verdict | None = None,
+                    lock_timeout_s: float | None = None) -> BatchResult:
         if self.failures:
             raise self.failures.pop(0)
         self.calls.append(("write", ([(e.job_id, [i.index for i in e.items]) for e in envelopes],
@@ -48,6 +49,9 @@ class FakeSink:
 
     async def advance(self, fence: Fence) -> None:
         self.calls.append(("advance", fence.next_offset))
+
+    async def open_job(self, job_id: str) -> None:
+        raise AssertionError("early writes are off in these tests")
 
     @property
     def written(self) -> list[tuple[str, list[int]]]:
