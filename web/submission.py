@@ -354,6 +354,8 @@ async def submit(
     except BaseException as e:
         if recorded and not sealed:
             await asyncio.shield(jobs.fail_submission_now(ctx.pool, job_id, _failure_reason(e)))
+            if isinstance(e, Problem):  # the failed job says which of its records were aborted
+                e.extra.setdefault("job_id", job_id)
         raise
     finally:
         spool.close()

@@ -99,6 +99,10 @@ FROM {{old}} GROUP BY job_id, written_on, idx / 1000
 """Per-record outcomes of an earlier release, a block per job, day and thousand indexes."""
 
 
+MAINTENANCE_LOCK_WAIT_MS = 2000
+"""How long maintenance's DDL waits for the ledger's lock before it is put off."""
+
+
 def partition_name(day: date) -> str:
     """The partition holding blocks written on ``day``."""
     return f"{PARTITION_PREFIX}{day:%Y%m%d}"
@@ -144,9 +148,23 @@ async def create(conn: asyncpg.Connection) -> None:
 
 async def maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
     """Make the coming days' partitions and drop those past the retention; returns dropped ones."""
+    try:
+        dropped = await _maintain(conn, retention_days)
+    except asyncpg.LockNotAvailableError:
+        # A long transaction (a big job written while received) holds the ledger: waiting
+        # in the lock queue would hold every write behind this one. The next run makes it.
+        log.warning("ledger maintenance put off: the ledger is in use by a long transaction")
+        return []
+    if dropped:
+        log.info("outcomes past retention dropped", extra={"partitions": dropped})
+    return dropped
+
+
+async def _maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _MAINTENANCE_LOCK_ID):
             return []  # another process is at it
+        await conn.execute(f"SET LOCAL lock_timeout = {MAINTENANCE_LOCK_WAIT_MS}")
         today: date = await conn.fetchval("SELECT current_date")
         existing = {r["name"] for r in await conn.fetch(
             "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
@@ -166,8 +184,6 @@ async def maintain(conn: asyncpg.Connection, retention_days: int) -> list[str]:
             "DELETE FROM sluice_jobs WHERE completed_at < $1::date", horizon)
         await conn.execute(
             "DELETE FROM sluice_report_outbox WHERE sent_at < $1::date", horizon)
-    if dropped:
-        log.info("outcomes past retention dropped", extra={"partitions": dropped})
     return dropped
 
 

@@ -12,14 +12,14 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import aiohttp
 import asyncpg
 import pytest
 
 from app.settings import env_var
-from app.store import jobs
+from app.store import jobs, ledger
 from app.store import sink as sink_module
 from app.store.errors import is_lock_timeout
 from app.store.positions import Fenced, PartitionPositions
@@ -238,3 +238,24 @@ async def test_a_big_payload_cut_off_midway_leaves_no_row(http: aiohttp.ClientSe
     # The stack goes on: a small job right after completes.
     small = await submit(http, ndjson([reading(f"{tag}-after", i) for i in range(5)]))
     assert (await wait_terminal(http, small["job_id"], wait_s=30))["state"] == "completed"
+
+
+async def test_ledger_maintenance_does_not_queue_behind_an_open_early_write(db: asyncpg.Pool) -> None:
+    # Dropping a day partition needs the ledger's strongest lock; queued behind the open
+    # transaction it would hold every other worker's write behind itself.
+    sink, sensor = _sink(db), f"early-{uuid.uuid4().hex[:8]}"
+    old_day = date(2000, 1, 1)
+    async with db.acquire() as conn:
+        await ledger._make_day(conn, old_day)
+    job_id = await _receiving_job(db, 5)
+    early = await _open(sink, job_id)
+    await early.write([_envelope(job_id, sensor, range(5))])
+    try:
+        async with db.acquire() as conn:
+            started = time.monotonic()
+            assert await ledger.maintain(conn, retention_days=7) == []
+            assert time.monotonic() - started < 10
+    finally:
+        await early.discard()
+    async with db.acquire() as conn:
+        assert ledger.partition_name(old_day) in await ledger.maintain(conn, retention_days=7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import mmap
 import os
 from datetime import datetime
 from pathlib import Path
@@ -87,10 +88,13 @@ def test_payload_sizes_cut_records_into_consecutive_payloads() -> None:
 
 async def test_rss_watch_keeps_the_peak_overall_and_per_window() -> None:
     watch = RssWatch(os.getpid(), interval_s=0.005).start()
-    ballast = bytearray(64 * 2**20)  # touched: resident
-    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    # An anonymous mapping, touched (resident) then unmapped: given back to the system for
+    # sure, where a freed bytearray may stay in the allocator's heap.
+    ballast = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(ballast), 4096):
+        ballast[offset] = 1
     await asyncio.sleep(0.05)
-    del ballast  # before the window ends: the next window starts without it
+    ballast.close()  # before the window ends: the next window starts without it
     big_window = watch.new_window()
     await asyncio.sleep(0.05)
     small_window = watch.new_window()
