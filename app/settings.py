@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # A payload whose envelopes pass this size is recorded as a job and produced while it
     # is parsed, so that the workers write it meanwhile (uncommitted until it is sealed);
     # a smaller one is produced once parsed whole, and refused it leaves no job behind.
-    stream_after_bytes: int = Field(8 * 1024 * 1024, ge=0)
+    stream_after_bytes: int = Field(1024 * 1024, ge=0)
     idempotency_ttl_s: int = 24 * 3600
     max_concurrent_uploads: int = Field(200, ge=1)
     # Backpressure: refuse new submissions while this much is queued behind the ingress.

@@ -98,7 +98,7 @@ class SubmissionContext:
     partitions: int
     batch_size: int
     spool_dir: Path
-    stream_after_bytes: int = 8 * 1024 * 1024
+    stream_after_bytes: int = 1024 * 1024
     """Envelope bytes spooled after which a payload is produced while it is parsed."""
 
 

@@ -167,7 +167,7 @@ def stack() -> Iterator[Stack]:
         # The write-semantics tests upsert and delete through the input topic; the default
         # (inserts only) is tested on a stack of its own in test_kafka_producers.py.
         env_var("input_operations"): "sensor_readings=insert,upsert,delete",
-        # Payloads from about 15,000 records on are produced while parsed (and written
+        # Payloads from about 7,500 records on are produced while parsed (and written
         # early by the worker), so that the suite's bigger jobs take that path.
         env_var("stream_after_bytes"): str(STREAM_AFTER_BYTES),
     })
