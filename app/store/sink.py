@@ -191,16 +191,17 @@ class PostgresSink:
         await ledger.record(conn, result.blocks)
         return result
 
-    def key_hashes(self, envelopes: Iterable[Envelope]) -> set[int]:
-        """Hashes of the (target, key) pairs the envelopes' valid records write."""
-        hashes: set[int] = set()
-        for envelope in envelopes:
-            target = self._targets.get(envelope.target)
-            if target is not None:
-                key_of, name = target.key_of, envelope.target
-                hashes.update(hash((name, key_of(item.row))) for item in envelope.items
-                              if item.row is not None)
-        return hashes
+    def writes_any_key(self, envelopes: Iterable[Envelope], target_name: str,
+                       keys: set[str]) -> bool:
+        """True if a valid record of the envelopes for that target has one of ``keys`` (key
+        JSON, as outcome blocks hold them)."""
+        target = self._targets.get(target_name)
+        if target is None:
+            return False
+        key_json = key_json_encoder(target)
+        return any(item.row is not None and key_json(item.row) in keys
+                   for envelope in envelopes if envelope.target == target_name
+                   for item in envelope.items)
 
     def _sort_items(
         self,
@@ -323,9 +324,9 @@ class EarlyJobWrite:
     ``finish`` then checks the fence and the job's state, adds the counts and commits. If
     the job failed or was aborted instead, it rolls back and the envelopes take the
     ordinary path (aborted outcomes): until the commit nothing of them is visible, and a
-    crash loses nothing the log does not hold. The keys written are remembered (as
-    hashes): another job's write of one of them on this partition must not be judged
-    before this job's rows, so the apply loop discards the early write first.
+    crash loses nothing the log does not hold. Another job's write on this partition of a
+    key this one wrote must not be judged before this job's rows, so the apply loop asks
+    ``overlaps`` and discards the early write first.
     """
 
     def __init__(self, sink: PostgresSink, conn: asyncpg.Connection,
@@ -335,7 +336,10 @@ class EarlyJobWrite:
         self._conn = conn
         self._transaction = transaction
         self._job = job
-        self._keys: set[int] = set()
+        self._target: str | None = None
+        self._keys: set[str] | None = None
+        """The keys written, gathered from the outcome blocks on the first overlap check
+        (most early writes never meet another job's write)."""
         self._chunks: list[WrittenChunk] = []
         self._open = True
 
@@ -344,14 +348,20 @@ class EarlyJobWrite:
         assert all(e.job_id == self.job_id for e in envelopes)
         result = await self._sink._write_records(self._conn, envelopes, {self.job_id: self._job},
                                                  None)
-        self._keys |= self._sink.key_hashes(envelopes)
+        self._target = envelopes[0].target if envelopes else self._target
+        if self._keys is not None:
+            self._keys.update(_keys_of(result.blocks))
         self._chunks.append(WrittenChunk(result, [
             Envelope(e.job_id, e.target, e.operation, (), e.source_topic, e.source_partition)
             for e in envelopes]))
 
     def overlaps(self, envelopes: Sequence[Envelope]) -> bool:
-        """True if the envelopes touch a key this write has written (or may have: a hash)."""
-        return not self._keys.isdisjoint(self._sink.key_hashes(envelopes))
+        """True if the envelopes write a key this early write has written (or refused)."""
+        if self._target is None:
+            return False
+        if self._keys is None:
+            self._keys = _keys_of(b for chunk in self._chunks for b in chunk.result.blocks)
+        return self._sink.writes_any_key(envelopes, self._target, self._keys)
 
     async def finish(self, owner: Claim) -> list[WrittenChunk] | None:
         """Commit once the job is sealed: its chunks, the last carrying the job's snapshot.
@@ -391,6 +401,10 @@ class EarlyJobWrite:
                 await self._transaction.rollback()
         finally:
             await self._sink._pool.release(self._conn)
+
+
+def _keys_of(blocks: Iterable[OutcomeBlock]) -> set[str]:
+    return {key for block in blocks for key in block.keys if key is not None}
 
 
 async def _update_jobs(

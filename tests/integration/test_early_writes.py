@@ -118,6 +118,23 @@ async def test_only_a_job_still_receiving_is_written_early(db: asyncpg.Pool) -> 
     assert await _sink(db).open_job(str(uuid.uuid4())) is None
 
 
+async def test_it_knows_which_keys_it_wrote(db: asyncpg.Pool) -> None:
+    sink, sensor = _sink(db), f"early-{uuid.uuid4().hex[:8]}"
+    job_id = await _receiving_job(db, 20)
+    early = await _open(sink, job_id)
+    try:
+        await early.write([_envelope(job_id, sensor, range(10))])
+        other = str(uuid.uuid4())
+        assert early.overlaps([_envelope(other, sensor, range(9, 12))])
+        assert not early.overlaps([_envelope(other, sensor, range(10, 12))])
+        assert not early.overlaps([_envelope(other, f"{sensor}-x", range(10))])
+        # Keys written after the first check are known too.
+        await early.write([_envelope(job_id, sensor, range(10, 20))])
+        assert early.overlaps([_envelope(other, sensor, range(15, 16))])
+    finally:
+        await early.discard()
+
+
 async def test_a_write_of_one_of_its_keys_waits_a_bounded_time(db: asyncpg.Pool) -> None:
     sink, sensor = _sink(db), f"early-{uuid.uuid4().hex[:8]}"
     owner = (await sink.claim([3]))[3]
