@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from agents.apply.batching import chunk_by_records
@@ -49,6 +50,18 @@ WRITE_GAVE_UP = "write_failed"
 EARLY_LOCK_WAIT_S = 2.0
 """While an early write is open on the partition, how long another write waits for a row
 lock before the early write gives way (it may hold that lock until its job is sealed)."""
+
+
+class EarlyWriteEnd(StrEnum):
+    """How an early write ended (the label of ``sluice_early_writes_total``)."""
+
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    """Its job failed or was aborted instead of being sealed."""
+    GAVE_WAY = "gave_way"
+    """Another job's write on its partition touched one of its keys or locks."""
+    FAILED = "failed"
+    """A database error; its envelopes take the ordinary path."""
 
 
 class EarlyWrite(Protocol):
@@ -212,7 +225,7 @@ class PartitionApplier:
                     stage.records = sum(len(e.items) for e in chunk)
         except Exception as e:
             log.warning("early write of job %s given up: %s", early.job_id, type(e).__name__)
-            await self._drop_early("failed")
+            await self._drop_early(EarlyWriteEnd.FAILED)
             return
         self._early_offsets.update(d.offset for d in written)
 
@@ -229,12 +242,13 @@ class PartitionApplier:
             raise
         except Exception as e:
             log.warning("early write of job %s not committed: %s", early.job_id, type(e).__name__)
-            metrics.early_writes.labels("failed").inc()
+            metrics.early_writes.labels(EarlyWriteEnd.FAILED).inc()
             return None
-        metrics.early_writes.labels("committed" if chunks is not None else "rolled_back").inc()
+        metrics.early_writes.labels(
+            EarlyWriteEnd.COMMITTED if chunks is not None else EarlyWriteEnd.ROLLED_BACK).inc()
         return None if chunks is None else _Committed(chunks, offsets)
 
-    async def _drop_early(self, reason: str | None) -> None:
+    async def _drop_early(self, reason: EarlyWriteEnd | None) -> None:
         early, self._early, self._early_offsets = self._early, None, set()
         if early is not None:
             self._gave_up.add(early.job_id)
@@ -280,7 +294,7 @@ class PartitionApplier:
         written once more with every record failed (``write_failed``, with the SQLSTATE),
         so that its jobs still end."""
         if self._early is not None and self._early.overlaps(envelopes):
-            await self._drop_early("gave_way")
+            await self._drop_early(EarlyWriteEnd.GAVE_WAY)
 
         async def attempt() -> BatchResult:
             started = time.perf_counter()
@@ -292,7 +306,8 @@ class PartitionApplier:
                     stage.records = result.records
             except Exception as e:
                 if self._early is not None and is_lock_timeout(e):
-                    await self._drop_early("gave_way")  # then retried, waiting as long as it takes
+                    # Then retried, waiting for the lock as long as it takes.
+                    await self._drop_early(EarlyWriteEnd.GAVE_WAY)
                 raise
             metrics.batch_seconds.observe(time.perf_counter() - started)
             return result

@@ -123,12 +123,19 @@ def envelopes(codec: EnvelopeCodec, job: str, count: int, *, start: int = 0, siz
         job, range(first_index + n * size, first_index + (n + 1) * size))) for n in range(count)]
 
 
-async def test_a_big_job_is_written_while_received_and_committed_at_its_seal(
-        codec: EnvelopeCodec) -> None:
+async def _big_job_written_early(codec: EnvelopeCodec, messages: int
+                                 ) -> tuple[FakeSink, Published, PartitionApplier]:
+    """An applier that has taken ``messages`` envelopes of 250 records of the receiving job "big"."""
     sink, published = FakeSink(), Published()
     sink.receiving = {"big"}
     apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 4))
+    await apply.apply(envelopes(codec, "big", messages))
+    return sink, published, apply
+
+
+async def test_a_big_job_is_written_while_received_and_committed_at_its_seal(
+        codec: EnvelopeCodec) -> None:
+    sink, published, apply = await _big_job_written_early(codec, 4)
     (early,) = sink.early
     assert early.written == [list(range(500)), list(range(500, 1000))]
     assert sink.advances == [] and published.indexes == [], "nothing is final before the seal"
@@ -144,10 +151,7 @@ async def test_a_big_job_is_written_while_received_and_committed_at_its_seal(
 
 async def test_envelopes_that_arrive_after_the_seal_take_the_ordinary_path(
         codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     sink.receiving.clear()
     await apply.apply(envelopes(codec, "big", 1, start=2, first_index=500))
     assert sink.early[0].state == "committed"
@@ -157,10 +161,7 @@ async def test_envelopes_that_arrive_after_the_seal_take_the_ordinary_path(
 
 async def test_a_job_that_fails_its_submission_is_rolled_back_and_takes_the_ordinary_path(
         codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 4))
+    sink, published, apply = await _big_job_written_early(codec, 4)
     sink.receiving.clear()
     sink.failed = {"big"}
     await apply.apply([])
@@ -173,10 +174,7 @@ async def test_a_job_that_fails_its_submission_is_rolled_back_and_takes_the_ordi
 
 async def test_a_commit_that_fails_leaves_the_envelopes_to_the_ordinary_path(
         codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     sink.receiving.clear()
     sink.finish_error = ConnectionResetError()  # the commit's fate unknown: the ledger will say
     await apply.apply([])
@@ -184,10 +182,7 @@ async def test_a_commit_that_fails_leaves_the_envelopes_to_the_ordinary_path(
 
 
 async def test_a_stale_owner_commits_nothing(codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     sink.receiving.clear()
     sink.finish_error = Fenced("claimed by another worker")
     with pytest.raises(Fenced):
@@ -205,10 +200,7 @@ async def test_small_jobs_just_wait(codec: EnvelopeCodec) -> None:
 
 
 async def test_another_jobs_write_of_one_of_its_keys_makes_it_give_way(codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     # A small job, sealed, writes key 7 (written by the big job, not committed): judged
     # before the big job's rows, as without the early write.
     await apply.apply([make_message(codec, 2, make_envelope("small", [7]))])
@@ -225,10 +217,7 @@ async def test_another_jobs_write_of_one_of_its_keys_makes_it_give_way(codec: En
 
 
 async def test_other_keys_are_written_beside_it_with_a_bounded_lock_wait(codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     await apply.apply([make_message(codec, 2, make_envelope("small", [10_000]))])
     assert sink.early[0].state == "open" and sink.lock_timeouts == [EARLY_LOCK_WAIT_S]
     # Only the envelopes of the big job hold the position back.
@@ -236,10 +225,7 @@ async def test_other_keys_are_written_beside_it_with_a_bounded_lock_wait(codec: 
 
 
 async def test_a_lock_it_holds_makes_it_give_way_and_the_write_is_retried(codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     sink.failures = [asyncpg.exceptions.LockNotAvailableError("canceling statement due to lock timeout")]
     await apply.apply([make_message(codec, 2, make_envelope("small", [10_000]))])
     assert sink.early[0].state == "discarded"
@@ -248,9 +234,6 @@ async def test_a_lock_it_holds_makes_it_give_way_and_the_write_is_retried(codec:
 
 
 async def test_closing_discards_it(codec: EnvelopeCodec) -> None:
-    sink, published = FakeSink(), Published()
-    sink.receiving = {"big"}
-    apply = applier(codec, sink, published)
-    await apply.apply(envelopes(codec, "big", 2))
+    sink, published, apply = await _big_job_written_early(codec, 2)
     await apply.close()
     assert sink.early[0].state == "discarded"

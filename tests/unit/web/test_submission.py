@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_targets
 from web.idempotency import Fingerprint
 from web.problems import Problem
-from web.submission import Spool, body_chunks, resolve_target
+from web.submission import Spool, _broker_problem, _failure_reason, body_chunks, resolve_target
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +208,24 @@ async def test_body_chunks_pass_through_and_feed_the_fingerprint() -> None:
 
 async def test_body_chunks_without_fingerprint() -> None:
     assert [c async for c in body_chunks(_chunks(b"a", b"b"), None)] == [b"a", b"b"]
+
+
+def _raised_from(problem: Problem, cause: BaseException) -> Problem:
+    problem.__cause__ = cause
+    return problem
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (Problem(408, "Submission timed out", "late"), "the payload was refused: Submission timed out"),
+    (Problem(413, "Payload too large", "big"), "the payload was refused: Payload too large"),
+    (_raised_from(_broker_problem(MessageSizeTooLargeError(), "j"), MessageSizeTooLargeError()),
+     "a message was too large for the broker"),
+    (_raised_from(_broker_problem(KafkaConnectionError(), "j"), KafkaConnectionError()),
+     "broker unavailable during submission"),
+    (ConnectionResetError("Connection lost"), "the client went away before the payload was received whole"),
+    (asyncio.CancelledError(), "the client went away before the payload was received whole"),
+    (RuntimeError("boom"), "the submission failed"),
+])
+def test_a_recorded_jobs_failure_reason_names_the_cause_never_the_records(
+        error: BaseException, reason: str) -> None:
+    assert _failure_reason(error) == reason
