@@ -123,6 +123,7 @@ def run_all(args: argparse.Namespace) -> int:
         kafka_bootstrap=settings.kafka_bootstrap,
         database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        broker=settings.broker,
     )
     children: list[subprocess.Popen[bytes]] = []
     stopping = False

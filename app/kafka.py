@@ -129,12 +129,15 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> N
 
 
 def create_producer(bootstrap: str) -> AIOKafkaProducer:
-    """A producer that waits for every replica (acks=all): 202 means durably in Kafka."""
+    """A producer that waits for every replica (acks=all): 202 means durably in Kafka; a
+    retried send is not written twice where the broker offers idempotence."""
+    settings = get_settings()
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
+        enable_idempotence=settings.kafka_idempotence,
         linger_ms=5,
         max_request_size=MAX_REQUEST_BYTES,
         request_timeout_ms=30_000,
-        **security_options(get_settings()),
+        **security_options(settings),
     )

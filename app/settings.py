@@ -65,6 +65,13 @@ class Settings(BaseSettings):
 
     # --- where the three services are (None: the embedded stack provides them) ---
     kafka_bootstrap: str | None = Field(None, description="host:port[,host:port]")
+    # The broker `sluice run` starts when SLUICE_KAFKA_BOOTSTRAP is unset: "embedded" (a
+    # Kafka-protocol broker from a pip wheel, memory only) or "kafka" (Apache Kafka, one
+    # KRaft node under the data folder; needs a JDK and Maven, see deploy/kafka/pom.xml).
+    broker: Literal["embedded", "kafka"] = "embedded"
+    # Producers ask the broker for idempotence (no duplicate from a retried send). Real
+    # Kafka has it; the embedded broker does not, and `sluice run` turns it off for it.
+    kafka_idempotence: bool = True
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
 

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from app.devtools.kafka_cluster import KafkaCluster
 from app.settings import env_var
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,13 @@ class EmbeddedStack:
     kafka_bootstrap: str | None = None
     database_url: str | None = None
     redis_url: str | None = None
+    broker: Literal["embedded", "kafka"] = "embedded"
+    """Which broker to start when none is given: the pip one, or Apache Kafka."""
+    kafka_nodes: int = 1
+    """Apache Kafka nodes (3 or more: replication factor 3, min.insync.replicas 2)."""
     started: list[Any] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
+    """Settings the started services call for (the embedded broker: no idempotence)."""
 
     def start(self) -> dict[str, str]:
         """Start what is missing; return SLUICE_* variables pointing at all three."""
@@ -226,11 +233,21 @@ class EmbeddedStack:
         return self.environment()
 
     def _start_missing(self) -> None:
-        if not self.kafka_bootstrap:
+        if not self.kafka_bootstrap and self.broker == "kafka":
+            cluster = KafkaCluster(self.data_dir / "kafka", nodes=self.kafka_nodes)
+            self.started.append(cluster)
+            cluster.start()
+            self.kafka_bootstrap = cluster.bootstrap
+            self.settings.update({
+                env_var("topic_replication_factor"): str(cluster.replication_factor),
+                env_var("topic_min_insync_replicas"): str(cluster.min_insync_replicas)})
+            log.info("Apache Kafka on %s (%d node(s))", cluster.bootstrap, self.kafka_nodes)
+        elif not self.kafka_bootstrap:
             broker = EmbeddedBroker(self.data_dir / "broker")
             broker.start()
             self.started.append(broker)
             self.kafka_bootstrap = broker.bootstrap
+            self.settings[env_var("kafka_idempotence")] = "false"
             log.info("embedded broker on %s", broker.bootstrap)
         if not self.database_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")
@@ -253,6 +270,7 @@ class EmbeddedStack:
             env_var("database_url"): self.database_url,
             env_var("redis_url"): self.redis_url,
             env_var("data_dir"): str(self.data_dir.resolve()),
+            **self.settings,
         }
 
     def stop(self) -> None:

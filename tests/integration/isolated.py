@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from app.devtools.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
 from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
@@ -31,11 +32,14 @@ class IsolatedStack:
     """Pids this test killed on purpose; any other process that exited crashed."""
     base_url: str = ""
     auth: DevAuth | None = None
+    broker: Literal["embedded", "kafka"] = "embedded"
+    kafka_nodes: int = 1
 
     def start(self) -> IsolatedStack:
         """Start the three services (the processes come later, one by one)."""
         self.data.chmod(0o755)
-        self.embedded = EmbeddedStack(data_dir=self.data)
+        self.embedded = EmbeddedStack(data_dir=self.data, broker=self.broker,
+                                      kafka_nodes=self.kafka_nodes)
         port = free_port()
         self.auth = ensure_dev_auth(self.data)
         self.env = {
@@ -83,7 +87,7 @@ class IsolatedStack:
         """The embedded broker, postgres or valkey object, to stop and start it."""
         assert self.embedded is not None
         names = {"broker": "EmbeddedBroker", "postgres": "EmbeddedPostgres",
-                 "valkey": "EmbeddedValkey"}
+                 "valkey": "EmbeddedValkey", "kafka": "KafkaCluster"}
         return next(s for s in self.embedded.started if type(s).__name__ == names[kind])
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:

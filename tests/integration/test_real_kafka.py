@@ -1,0 +1,129 @@
+"""Sluice on Apache Kafka: a 3-node KRaft cluster (replication factor 3, min.insync.replicas
+2, acks=all), started from Maven Central's jars with the machine's JDK.
+
+Without a JDK or Maven the lane is skipped, loudly; with SLUICE_TEST_REQUIRE_KAFKA set (as
+`.ci/run` sets it) a missing JDK fails it instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from app.devtools.kafka_cluster import JAR_CACHE, KafkaCluster, kafka_libs, missing_tools
+from tests.integration.helpers import (
+    assert_exactly_once,
+    big_job,
+    ndjson,
+    reading,
+    submit,
+    wait_terminal,
+)
+from tests.integration.isolated import IsolatedStack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def kafka_stack() -> Iterator[IsolatedStack]:
+    """One web process and one worker on a 3-node Kafka cluster, PostgreSQL and Valkey."""
+    reason = missing_tools()
+    if reason is not None:
+        message = f"Kafka lane SKIPPED: Apache Kafka cannot run here ({reason})"
+        if os.environ.get("SLUICE_TEST_REQUIRE_KAFKA"):
+            pytest.fail(message + "; SLUICE_TEST_REQUIRE_KAFKA is set")
+        pytest.skip(message)
+    stack = IsolatedStack(broker="kafka", kafka_nodes=3).start()
+    try:
+        stack.spawn("web")
+        stack.spawn("worker")
+        yield stack
+        assert stack.crashed() == []
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+async def http(kafka_stack: IsolatedStack) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(kafka_stack.base_url, headers=kafka_stack.auth_headers) as s:
+        yield s
+
+
+def _cluster(stack: IsolatedStack) -> KafkaCluster:
+    cluster = stack.service("kafka")
+    assert isinstance(cluster, KafkaCluster)
+    return cluster
+
+
+async def test_topics_are_replicated_three_times_with_two_in_sync_required(
+        kafka_stack: IsolatedStack, http: aiohttp.ClientSession) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    done = await wait_terminal(http, (await submit(http, ndjson([reading("rf", 0)])))["job_id"])
+    assert done["state"] == "completed"
+    admin = AdminClient({"bootstrap.servers": _cluster(kafka_stack).bootstrap})
+    topic = admin.list_topics(timeout=10).topics["sluice.records"]
+    assert {len(p.replicas) for p in topic.partitions.values()} == {3}
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "sluice.records")
+    configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    assert configs["min.insync.replicas"].value == "2"
+
+
+async def test_a_big_job_completes_exactly_once(kafka_stack: IsolatedStack,
+                                                http: aiohttp.ClientSession) -> None:
+    tag = f"kafka-{uuid.uuid4().hex[:6]}"
+    n = 60_000
+    body, invalid = big_job(tag, n)
+    accepted = await submit(http, body)
+    await assert_exactly_once(http, kafka_stack.dsn, accepted["job_id"], tag, n, invalid)
+
+
+async def test_the_web_producer_is_idempotent(kafka_stack: IsolatedStack,
+                                             http: aiohttp.ClientSession) -> None:
+    # The broker keeps a producer id (and sequence numbers) per partition for idempotent
+    # producers only: the tool lists none for a producer without idempotence.
+    await wait_terminal(http, (await submit(http, ndjson([reading("idem", i) for i in range(50)])))
+                        ["job_id"])
+    cluster = _cluster(kafka_stack)
+    libs = kafka_libs(JAR_CACHE)
+    producers = set()
+    for partition in range(4):
+        described = await asyncio.to_thread(
+            subprocess.run,
+            ["java", "-cp", f"{libs}/*", "org.apache.kafka.tools.TransactionsCommand",
+             "--bootstrap-server", cluster.bootstrap, "describe-producers",
+             "--topic", "sluice.records", "--partition", str(partition)],
+            capture_output=True, text=True, check=True, timeout=60)
+        rows = [line.split() for line in described.stdout.splitlines()[1:] if line.strip()]
+        producers |= {row[0] for row in rows}
+    assert producers and all(int(p) >= 0 for p in producers), producers
+
+
+async def test_producer_records_are_applied(kafka_stack: IsolatedStack) -> None:
+    tag = f"kprod-{uuid.uuid4().hex[:6]}"
+    producer = Producer({"bootstrap.servers": _cluster(kafka_stack).bootstrap, "acks": "all",
+                         "enable.idempotence": True})
+    n = 2_000
+    for i in range(n):
+        producer.produce("sluice.input.sensor_readings", key=f"{tag}-{i}".encode(),
+                         value=orjson.dumps(reading(f"{tag}-{i}", i)))
+    assert producer.flush(60) == 0
+    conn = await asyncpg.connect(kafka_stack.dsn)
+    try:
+        deadline = time.monotonic() + 120
+        while await conn.fetchval("SELECT count(*) FROM sensor_readings WHERE sensor_id LIKE $1",
+                                  tag + "-%") < n:
+            assert time.monotonic() < deadline, "producer records not applied"
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
