@@ -34,7 +34,18 @@ def create_app() -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger=0.005,
+        # Sluice creates every topic itself (app.kafka.ensure_topics: partitions, replicas,
+        # min.insync.replicas), Faust's leader topic included (LEADER_TOPIC), so Faust
+        # declares none. On real Kafka its declaring, redone on every rebalance, asked the
+        # first broker it knew for the controller: with that broker dead, the worker died
+        # of NodeNotReadyError.
+        topic_allow_declare=False,
     )
+
+
+def leader_topic(worker_id: str) -> str:
+    """Faust's leader-election topic (one partition), which it no longer creates itself."""
+    return f"{worker_id}-__assignor-__leader"
 
 
 app = create_app()

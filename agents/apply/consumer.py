@@ -32,8 +32,8 @@ from agents.apply.seal_signals import SealListener
 from agents.resources import resources
 from agents.topics import results_topic
 from app import metrics
-from app.faust_app import app, topics
-from app.kafka import GROUP_TIMEOUTS, MAX_REQUEST_BYTES, ensure_topics, security_options
+from app.faust_app import app, leader_topic, topics
+from app.kafka import GROUP_TIMEOUTS, MAX_REQUEST_BYTES, all_topics, ensure_topics, security_options
 from app.settings import get_settings
 from app.store.positions import Claim, Fenced
 from app.store.sink import BatchResult
@@ -203,8 +203,11 @@ class RecordsConsumer(faust.Service):
         self._seals = SealListener(dsn, self._wake_waiting)
         self._seals.start()
         assert settings.kafka_bootstrap is not None
-        await ensure_topics(settings.kafka_bootstrap, [topics.records, topics.results],
+        # Every topic this worker sends to (Faust declares none): a worker may start
+        # before any web process has created them.
+        await ensure_topics(settings.kafka_bootstrap, all_topics(topics, sorted(resources.targets)),
                             settings.partitions)
+        await ensure_topics(settings.kafka_bootstrap, [leader_topic(settings.worker_id)], 1)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=f"{settings.worker_id}.records",

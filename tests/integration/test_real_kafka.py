@@ -33,6 +33,10 @@ from tests.integration.isolated import IsolatedStack
 
 pytestmark = pytest.mark.slow
 
+FAILOVER_WINDOW_S = 30.0
+"""How long after a broker dies submissions may be refused with 503 (README, Running on
+Apache Kafka): the leaders it held move within a few seconds; clients retry on 503."""
+
 
 @pytest.fixture(scope="module")
 def kafka_stack() -> Iterator[IsolatedStack]:
@@ -127,3 +131,72 @@ async def test_producer_records_are_applied(kafka_stack: IsolatedStack) -> None:
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
+
+
+def _leader_of(stack: IsolatedStack, topic: str, partition: int) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": _cluster(stack).bootstrap, "log_level": 0})
+    leader: int = admin.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader
+    return leader
+
+
+async def _submit_answer(http: aiohttp.ClientSession, body: bytes) -> tuple[int, dict[str, object]]:
+    async with http.post("/v1/bulk-operations", params={"target": "sensor_readings"},
+                         data=body, headers={"Content-Type": "application/x-ndjson"}) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def test_the_leader_of_a_records_partition_killed_mid_job_loses_and_doubles_nothing(
+        kafka_stack: IsolatedStack, http: aiohttp.ClientSession) -> None:
+    tag = f"leader-{uuid.uuid4().hex[:6]}"
+    n = 100_000
+    body, invalid = big_job(tag, n)
+    leader = _leader_of(kafka_stack, "sluice.records", 0)
+    conn = await asyncpg.connect(kafka_stack.dsn)
+    try:
+        started = await conn.fetchval("SELECT now()")
+        upload = asyncio.create_task(_submit_answer(http, body))
+        deadline = time.monotonic() + 60
+        # Mid-job: the big payload's job is recorded (it streams to Kafka as it is parsed)
+        # and not finished.
+        while (await conn.fetchval(
+                "SELECT job_id FROM sluice_jobs WHERE created_at >= $1 AND state IN"
+                " ('receiving', 'accepted', 'processing')", started)) is None:
+            assert time.monotonic() < deadline and not upload.done()
+            await asyncio.sleep(0.02)
+        _cluster(kafka_stack).kill(leader)
+    finally:
+        await conn.close()
+    killed_at = time.monotonic()
+    # Small submissions meanwhile: each is accepted, or refused with 503 and Retry-After
+    # while the partitions' leadership moves (never any other 5xx).
+    refused_until = killed_at
+    for i in range(20):
+        side = ndjson([reading(f"side-{tag}-{i}", j) for j in range(10)])
+        status, doc = await _submit_answer(http, side)
+        assert status in (202, 503), (status, doc)
+        if status == 503:
+            refused_until = time.monotonic()
+        await asyncio.sleep(0.25)
+    assert refused_until - killed_at < FAILOVER_WINDOW_S
+    status, accepted = await upload
+    if status == 503:  # refused within the window: the client retries, as the 503 says
+        status, accepted = await _submit_answer(http, body)
+    assert status == 202, accepted
+    await assert_exactly_once(http, kafka_stack.dsn, str(accepted["job_id"]), tag, n, invalid)
+    await asyncio.to_thread(_cluster(kafka_stack).restart, leader)
+
+
+async def test_three_workers_two_killed_the_job_completes(kafka_stack: IsolatedStack,
+                                                         http: aiohttp.ClientSession) -> None:
+    extra = [kafka_stack.spawn("worker", **{"SLUICE_WORKER_METRICS_PORT": "0"}) for _ in range(2)]
+    await asyncio.sleep(8)  # the group takes the two new workers in
+    tag = f"workers-{uuid.uuid4().hex[:6]}"
+    n = 100_000
+    body, invalid = big_job(tag, n)
+    accepted = await submit(http, body)
+    await asyncio.sleep(2)
+    for worker in extra:
+        kafka_stack.kill(worker)
+    await assert_exactly_once(http, kafka_stack.dsn, accepted["job_id"], tag, n, invalid)
