@@ -86,7 +86,7 @@ async def test_topics_are_replicated_three_times_with_two_in_sync_required(
 async def test_a_big_job_completes_exactly_once(kafka_stack: IsolatedStack,
                                                 http: aiohttp.ClientSession) -> None:
     tag = f"kafka-{uuid.uuid4().hex[:6]}"
-    n = 60_000
+    n = 30_000
     body, invalid = big_job(tag, n)
     accepted = await submit(http, body)
     await assert_exactly_once(http, kafka_stack.dsn, accepted["job_id"], tag, n, invalid)
@@ -150,7 +150,7 @@ async def _submit_answer(http: aiohttp.ClientSession, body: bytes) -> tuple[int,
 async def test_the_leader_of_a_records_partition_killed_mid_job_loses_and_doubles_nothing(
         kafka_stack: IsolatedStack, http: aiohttp.ClientSession) -> None:
     tag = f"leader-{uuid.uuid4().hex[:6]}"
-    n = 100_000
+    n = 60_000
     body, invalid = big_job(tag, n)
     leader = _leader_of(kafka_stack, "sluice.records", 0)
     conn = await asyncpg.connect(kafka_stack.dsn)
@@ -191,9 +191,9 @@ async def test_the_leader_of_a_records_partition_killed_mid_job_loses_and_double
 async def test_three_workers_two_killed_the_job_completes(kafka_stack: IsolatedStack,
                                                          http: aiohttp.ClientSession) -> None:
     extra = [kafka_stack.spawn("worker", **{"SLUICE_WORKER_METRICS_PORT": "0"}) for _ in range(2)]
-    await asyncio.sleep(8)  # the group takes the two new workers in
+    await asyncio.sleep(6)  # the group takes the two new workers in
     tag = f"workers-{uuid.uuid4().hex[:6]}"
-    n = 100_000
+    n = 60_000
     body, invalid = big_job(tag, n)
     accepted = await submit(http, body)
     await asyncio.sleep(2)
