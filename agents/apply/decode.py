@@ -101,10 +101,8 @@ class EnvelopeDecoder:
             salvaged = salvage(message.value, MALFORMED_ENVELOPE, f"the envelope could not be read: {e}")
             if salvaged is not None:
                 return Delivery(partition, offset, salvaged)
-            count = header(message.headers, RECORDS_HEADER)
             return Delivery(partition, offset, None, Undeliverable(
-                partition, offset, message.job_id,
-                int(count) if count and count.isdigit() else 0, str(e)))
+                partition, offset, message.job_id, message.records, str(e)))
 
     async def decode_resolving(self, partition: int, message: RecordsMessage) -> Delivery:
         """decode, waiting for an unknown target as the class docstring says."""
