@@ -71,6 +71,10 @@ class ProducerRecordForwarder(faust.Service):
             auto_offset_reset="earliest",
             max_poll_records=FETCH_RECORDS,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            # A subscribed topic deleted and created again is seen, and its partitions
+            # assigned, only when metadata is refreshed: Kafka's default of 5 minutes
+            # would leave a recreated input topic unread that long.
+            metadata_max_age_ms=int(TOPIC_ID_CHECK_S * 1000),
             **GROUP_TIMEOUTS,
             **security_options(settings),
         )
