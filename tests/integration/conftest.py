@@ -1,5 +1,6 @@
 """The real stack, once per test session: embedded broker, PostgreSQL and Valkey, one worker
-and one web process, started exactly as `sluice run` starts them."""
+and one web process, started exactly as `sluice run` starts them; and the Kafka lane's
+3-node Apache Kafka cluster, once per session when a test asks for it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from app.devtools.devauth import DevAuth, dev_environment, ensure_dev_auth, mint_token
 from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
+from app.devtools.kafka_cluster import KafkaCluster, missing_tools
 from app.settings import env_var
 
 TEST_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -143,13 +145,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    # Not pytest's tmp_path: PostgreSQL runs as its own system user when started as
-    # root, and pytest's 0700 temporary folders keep that user out.
-    data = Path(tempfile.mkdtemp(prefix="sluice-test-"))
-    data.chmod(0o755)
-    embedded = EmbeddedStack(data_dir=data)
+@contextmanager
+def running_stack(data: Path, embedded: EmbeddedStack, **settings: str) -> Iterator[Stack]:
+    """A web process and a worker on ``embedded``'s services (started here, stopped after),
+    with the suite's settings plus ``settings`` (named as in `Settings`)."""
     env = {**os.environ, **embedded.start()}
     # Authentication on, exactly as `sluice run` sets it up, plus a few test principals.
     auth = ensure_dev_auth(data)
@@ -170,6 +169,7 @@ def stack() -> Iterator[Stack]:
         # Payloads from about 7,500 records on are produced while parsed (and written
         # early by the worker), so that the suite's bigger jobs take that path.
         env_var("stream_after_bytes"): str(STREAM_AFTER_BYTES),
+        **{env_var(name): value for name, value in settings.items()},
     })
     children = [_spawn("web", env, data / "web.log"), _spawn("worker", env, data / "worker.log")]
     try:
@@ -184,6 +184,48 @@ def stack() -> Iterator[Stack]:
             tail = (data / name).read_text(errors="replace")[-3000:]
             sys.stderr.write(f"\n--- tail of {name} ---\n{tail}\n")
         shutil.rmtree(data, ignore_errors=True)
+
+
+def stack_folder() -> Path:
+    """A fresh folder for a stack's data. Not pytest's tmp_path: PostgreSQL runs as its own
+    system user when started as root, and pytest's 0700 temporary folders keep it out."""
+    data = Path(tempfile.mkdtemp(prefix="sluice-test-"))
+    data.chmod(0o755)
+    return data
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    data = stack_folder()
+    with running_stack(data, EmbeddedStack(data_dir=data)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """Three Apache Kafka nodes (replication factor 3, min.insync.replicas 2) shared by the
+    Kafka lane: skipped, loudly, without a JDK and Maven, and failed instead when
+    SLUICE_TEST_REQUIRE_KAFKA is set (as `.ci/run` sets it)."""
+    reason = missing_tools()
+    if reason is not None:
+        message = f"Kafka lane SKIPPED: Apache Kafka cannot run here ({reason})"
+        if os.environ.get("SLUICE_TEST_REQUIRE_KAFKA"):
+            pytest.fail(message + "; SLUICE_TEST_REQUIRE_KAFKA is set")
+        pytest.skip(message)
+    data = stack_folder()
+    cluster = KafkaCluster(data / "kafka", nodes=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.discard()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def on_cluster(cluster: KafkaCluster) -> dict[str, str]:
+    """The settings (named as in `Settings`) of processes using ``cluster``'s topics."""
+    return {"topic_replication_factor": str(cluster.replication_factor),
+            "topic_min_insync_replicas": str(cluster.min_insync_replicas)}
 
 
 @pytest.fixture(scope="session")

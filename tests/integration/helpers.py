@@ -121,10 +121,10 @@ def reader_from_beginning(bootstrap: str, topic: str) -> Consumer:
     return consumer
 
 
-def reports_for(bootstrap: str, job_ids: set[str], timeout: float = 60
+def reports_for(bootstrap: str, job_ids: set[str], timeout: float = 60, topic: str = REPORTS
                 ) -> dict[str, list[dict[str, Any]]]:
     """Every report of these jobs on the job-reports topic (read from the beginning)."""
-    consumer = reader_from_beginning(bootstrap, REPORTS)
+    consumer = reader_from_beginning(bootstrap, topic)
     found: dict[str, list[dict[str, Any]]] = {}
     deadline = time.monotonic() + timeout
     try:

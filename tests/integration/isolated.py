@@ -16,7 +16,9 @@ from typing import Literal
 
 from app.devtools.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
 from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
+from app.devtools.kafka_cluster import KafkaCluster
 from app.settings import Settings, env_var
+from app.topics import TopicNames
 
 
 @dataclass
@@ -34,12 +36,22 @@ class IsolatedStack:
     auth: DevAuth | None = None
     broker: Literal["embedded", "kafka"] = "embedded"
     kafka_nodes: int = 1
+    kafka: KafkaCluster | None = None
+    """A cluster shared with other tests (the Kafka lane's) instead of a broker of its own:
+    this stack's topics and consumer groups then get a prefix of their own."""
 
     def start(self) -> IsolatedStack:
         """Start the three services (the processes come later, one by one)."""
         self.data.chmod(0o755)
+        shared: dict[str, str] = {}
+        if self.kafka is not None:
+            prefix = f"iso-{uuid.uuid4().hex[:8]}"
+            shared = {env_var("topic_prefix"): prefix,
+                      env_var("topic_replication_factor"): str(self.kafka.replication_factor),
+                      env_var("topic_min_insync_replicas"): str(self.kafka.min_insync_replicas)}
         self.embedded = EmbeddedStack(data_dir=self.data, broker=self.broker,
-                                      kafka_nodes=self.kafka_nodes)
+                                      kafka_nodes=self.kafka_nodes,
+                                      kafka_bootstrap=self.kafka.bootstrap if self.kafka else None)
         port = free_port()
         self.auth = ensure_dev_auth(self.data)
         self.env = {
@@ -50,6 +62,7 @@ class IsolatedStack:
             env_var("worker_metrics_port"): "0",
             env_var("web_metrics_port"): "0",
             env_var("worker_id"): f"fault-{uuid.uuid4().hex[:8]}",
+            **shared,
             **self.settings,
         }
         self.base_url = f"http://127.0.0.1:{port}"
@@ -76,6 +89,11 @@ class IsolatedStack:
         return {"Authorization": "Bearer " + dev_token(self.auth, Settings())}
 
     @property
+    def topics(self) -> TopicNames:
+        """This stack's topic names."""
+        return TopicNames(self.env.get(env_var("topic_prefix"), "sluice"))
+
+    @property
     def dsn(self) -> str:
         return self.env[env_var("database_url")]
 
@@ -86,6 +104,8 @@ class IsolatedStack:
     def service(self, kind: str) -> object:
         """The embedded broker, postgres or valkey object, to stop and start it."""
         assert self.embedded is not None
+        if kind == "kafka" and self.kafka is not None:
+            return self.kafka
         names = {"broker": "EmbeddedBroker", "postgres": "EmbeddedPostgres",
                  "valkey": "EmbeddedValkey", "kafka": "KafkaCluster"}
         return next(s for s in self.embedded.started if type(s).__name__ == names[kind])

@@ -205,7 +205,7 @@ async def test_a_worker_killed_after_completing_a_job_still_gets_its_report_out(
             "SELECT sent_at IS NULL FROM sluice_report_outbox WHERE job_id = $1", accepted["job_id"])
         stack.spawn("worker")
         reports = await asyncio.to_thread(reports_for, stack.env[env_var("kafka_bootstrap")],
-                                          {accepted["job_id"]}, 90)
+                                          {accepted["job_id"]}, 90, stack.topics.job_reports)
         ((report,),) = reports.values()
         assert (report["state"], report["succeeded"]) == ("completed", 20)
     finally:
@@ -302,7 +302,7 @@ async def test_kafka_offsets_ahead_of_the_database_skip_nothing(
     accepted = await submit(http, ndjson([reading(tag, i) for i in range(5_000)]))
     await asyncio.sleep(8)  # the dead member's session ends: the group is empty
     await asyncio.to_thread(_commit_group_to_end, stack.env[env_var("kafka_bootstrap")],
-                            stack.env[env_var("worker_id")] + ".records", "sluice.records")
+                            stack.env[env_var("worker_id")] + ".records", stack.topics.records)
     # Kafka says everything was consumed; the database's positions say otherwise, and win.
     stack.spawn("worker")
     job = await wait_terminal(http, accepted["job_id"], wait_s=120)
@@ -615,7 +615,7 @@ async def test_a_recreated_producer_topic_is_applied_not_taken_for_the_old_one(
     stack.spawn("web")  # creates the input topics
     stack.spawn("worker")
     bootstrap = stack.env[env_var("kafka_bootstrap")]
-    topic = "sluice.input.sensor_readings"
+    topic = stack.topics.input_for("sensor_readings")
     admin = AdminClient({"bootstrap.servers": bootstrap})
     conn = await asyncpg.connect(stack.dsn)
 
@@ -632,7 +632,8 @@ async def test_a_recreated_producer_topic_is_applied_not_taken_for_the_old_one(
         admin.delete_topics([topic])[topic].result()
         await asyncio.sleep(2)
         partitions = int(stack.env.get(env_var("partitions"), "4"))
-        admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result()
+        replicas = int(stack.env.get(env_var("topic_replication_factor"), "1"))
+        admin.create_topics([NewTopic(topic, partitions, replicas)])[topic].result()
         # The same offsets again, other records: a new stream, not a redelivery.
         await asyncio.to_thread(_produce_readings, bootstrap, topic, "second-life", 30)
         await rows_of("second-life", 30)

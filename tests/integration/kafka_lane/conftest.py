@@ -1,0 +1,64 @@
+"""The Kafka lane: the pipeline, write-semantics, producer and guarantee tests again, on a
+3-node Apache Kafka cluster (replication factor 3, min.insync.replicas 2, acks=all) instead
+of the embedded broker.
+
+Its modules import the tests of the embedded lane; the fixtures below give them the same
+stack on the cluster, so that one test body proves one promise on both brokers. Stacks of
+their own (``isolated``) share the cluster under topic prefixes of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from app.devtools.embedded import EmbeddedStack
+from app.devtools.kafka_cluster import KafkaCluster
+from app.settings import env_var
+from tests.integration.conftest import Stack, on_cluster, running_stack, stack_folder
+from tests.integration.isolated import IsolatedStack
+
+MakeStack = Callable[..., IsolatedStack]
+
+
+@pytest.fixture(scope="session")
+def stack(kafka_cluster: KafkaCluster) -> Iterator[Stack]:
+    data = stack_folder()
+    embedded = EmbeddedStack(data_dir=data, kafka_bootstrap=kafka_cluster.bootstrap)
+    with running_stack(data, embedded, **on_cluster(kafka_cluster)) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(stack.base_url, headers=stack.auth_headers) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+async def db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(stack.dsn, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def isolated(kafka_cluster: KafkaCluster) -> Iterator[MakeStack]:
+    """Stacks of their own, as the embedded lane's ``isolated`` makes them, on the cluster."""
+    stacks: list[IsolatedStack] = []
+
+    def make(**settings: object) -> IsolatedStack:
+        stack = IsolatedStack(settings={env_var(k): str(v) for k, v in settings.items()},
+                              kafka=kafka_cluster)
+        stacks.append(stack.start())
+        return stack
+
+    yield make
+    crashed = [name for stack in stacks for name in stack.crashed()]
+    for stack in stacks:
+        stack.stop()
+    assert crashed == [], f"processes crashed during the test: {crashed}"
