@@ -206,6 +206,15 @@ class EmbeddedValkey:
             self.server = None
 
 
+EMBEDDED_BROKER_SETTINGS: dict[str, str] = {
+    # It refuses InitProducerId: no idempotent producer.
+    env_var("kafka_idempotence"): "false",
+    # It answers a waiting fetch only when the wait runs out, not when records arrive.
+    env_var("fetch_max_wait_ms"): "25",
+}
+"""What the embedded broker's quirks call for; Apache Kafka needs none of it."""
+
+
 @dataclass
 class EmbeddedStack:
     """Whichever of the three services the environment does not provide."""
@@ -247,7 +256,7 @@ class EmbeddedStack:
             broker.start()
             self.started.append(broker)
             self.kafka_bootstrap = broker.bootstrap
-            self.settings[env_var("kafka_idempotence")] = "false"
+            self.settings.update(EMBEDDED_BROKER_SETTINGS)
             log.info("embedded broker on %s", broker.bootstrap)
         if not self.database_url:
             pg = EmbeddedPostgres(self.data_dir / "postgres")
