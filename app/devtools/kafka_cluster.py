@@ -54,26 +54,32 @@ def missing_tools() -> str | None:
     return f"{' and '.join(absent)} not found on the PATH" if absent else None
 
 
-def kafka_libs(cache_dir: Path) -> Path:
-    """The folder of Kafka's jars, fetched with Maven unless already there for this pom."""
+def maven_libs(pom: Path, cache_dir: Path, what: str) -> Path:
+    """The folder of the jars ``pom`` lists, fetched with Maven unless already there for
+    this very pom (a changed file fetches again)."""
     if (reason := missing_tools()) is not None:
-        raise KafkaUnavailable(f"Apache Kafka needs a JDK and Maven: {reason}")
+        raise KafkaUnavailable(f"{what} needs a JDK and Maven: {reason}")
     libs = cache_dir / "libs"
     stamp = cache_dir / "pom.sha256"
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     if libs.is_dir() and stamp.is_file() and stamp.read_text() == digest:
         return libs
     shutil.rmtree(libs, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log.info("fetching Apache Kafka's jars with Maven", extra={"pom": str(POM)})
+    log.info("fetching jars with Maven", extra={"pom": str(pom)})
     fetched = subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
          f"-DoutputDirectory={libs}"], capture_output=True, text=True, check=False)
     if fetched.returncode != 0:
-        raise KafkaUnavailable(f"mvn could not fetch Kafka's jars: {fetched.stdout[-2000:]}"
+        raise KafkaUnavailable(f"mvn could not fetch the jars of {what}: {fetched.stdout[-2000:]}"
                                f"{fetched.stderr[-2000:]}")
     stamp.write_text(digest)
     return libs
+
+
+def kafka_libs(cache_dir: Path) -> Path:
+    """The folder of Kafka's jars."""
+    return maven_libs(POM, cache_dir, "Apache Kafka")
 
 
 @dataclass

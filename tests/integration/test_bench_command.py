@@ -14,7 +14,8 @@ def test_bench_prints_every_figure_as_json() -> None:
         [sys.executable, "-m", "app.cli", "bench", "--records", "4000", "--payloads", "4",
          "--big-mb", "0.5", "--producer-records", "300", "--sweep", "2000",
          "--sweep-records", "1000", "--small-jobs", "24", "--small-job-records", "50",
-         "--small-clients", "4", "--long-records", "900", "--long-payload-records", "400", "--json"],
+         "--small-clients", "4", "--long-records", "900", "--long-payload-records", "400",
+         "--no-kafka", "--json"],
         capture_output=True, timeout=280, check=False,
     )
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
@@ -58,5 +59,6 @@ def test_bench_prints_every_figure_as_json() -> None:
     assert all(p["peak_web_rss_mb"] > 10 and p["peak_worker_rss_mb"] > 10 for p in long["payloads"])
     assert {"web RSS flat over 900 records (3 payloads)",
             "worker RSS flat over 900 records (3 payloads)"} <= {t["what"] for t in figures["targets"]}
+    assert "kafka" not in figures  # --no-kafka: its runs are tested in the Kafka lane
     # Progress goes to stderr, so that stdout stays machine-readable.
     assert b"one payload of 4,000 records" in completed.stderr

@@ -16,6 +16,7 @@ from app.devtools.bench import scenarios
 from app.devtools.bench.csv_peer import INSTALL_HINT, csv_run, find_pgloader
 from app.devtools.bench.goals import targets
 from app.devtools.bench.long_run import LONG_PAYLOAD_RECORDS, long_run
+from app.devtools.bench.on_kafka import kafka_runs
 from app.devtools.bench.processes import BenchServices, Pipeline
 from app.devtools.bench.report import render
 from app.devtools.bench.small_jobs import small_jobs_run
@@ -56,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default="500,1000,2000",
                         help="batch sizes to compare, comma-separated (empty skips the sweep)")
     parser.add_argument("--sweep-records", type=int, default=200_000)
+    parser.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run on Apache Kafka (needs a JDK and Maven): one payload, "
+                             "the concurrent payloads, the producer path and the Kafka Connect peer")
+    parser.add_argument("--kafka-nodes", type=int, default=3,
+                        help="Apache Kafka nodes (3: replication factor 3, min.insync.replicas 2)")
+    parser.add_argument("--peer-records", type=int, default=1_000_000,
+                        help="records on Kafka for Sluice's producer path and for Kafka Connect "
+                             "with the Debezium JDBC sink (0 skips both)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -156,15 +165,16 @@ def _copy_shares(figures: dict[str, Any]) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start services, run the sweep and the main scenarios, stop everything."""
+    """Start services, run the sweep and the main scenarios, stop everything; then the
+    runs on Apache Kafka on services of their own."""
     say = scenarios.progress(lambda m: print(m, file=sys.stderr, flush=True))
     sizes = [int(s) for s in args.sweep.split(",") if s.strip()]
     tag = f"bench-{uuid.uuid4().hex[:6]}"
     services = BenchServices(get_settings())
     say("starting services")
     services.start()
+    figures: dict[str, Any] = {"machine": _machine()}
     try:
-        figures: dict[str, Any] = {"machine": _machine()}
         if sizes:
             figures["batch_sweep"] = await _sweep(services, sizes, args.sweep_records, tag, say)
         say("starting worker and web with the default settings (rate limits raised for the bench)")
@@ -174,9 +184,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         figures.update(await _other_runs(services, pipeline, args, tag, say))
         _copy_shares(figures)
         figures["targets"] = targets(figures)
-        return figures
     finally:
         services.stop()
+    if args.kafka:
+        figures["kafka"] = await kafka_runs(args, tag, say)
+    return figures
 
 
 def main(args: argparse.Namespace) -> int:

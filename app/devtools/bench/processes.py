@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from app.devtools.devauth import DevAuth, dev_environment, dev_token, ensure_dev_auth
 from app.devtools.embedded import EmbeddedStack, free_port, stop_processes, wait_for_port
@@ -115,6 +116,9 @@ class BenchServices:
     """Broker, PostgreSQL and Valkey: embedded unless the settings point elsewhere."""
 
     settings: Settings
+    broker: Literal["embedded", "kafka"] = "embedded"
+    """The broker started when the settings name none: the pip one, or Apache Kafka."""
+    kafka_nodes: int = 1
     data: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sluice-bench-")))
     env: dict[str, str] = field(default_factory=dict)
     _stack: EmbeddedStack | None = None
@@ -131,6 +135,8 @@ class BenchServices:
             kafka_bootstrap=s.kafka_bootstrap,
             database_url=s.database_url.get_secret_value() if s.database_url else None,
             redis_url=s.redis_url.get_secret_value() if s.redis_url else None,
+            broker=self.broker,
+            kafka_nodes=self.kafka_nodes,
         )
         self.env = {**os.environ, **self._stack.start()}
         # The same dev key, JWKS and policy `sluice run` generates, in the bench's folder.

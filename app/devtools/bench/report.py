@@ -90,6 +90,24 @@ def _retries(figures: dict[str, Any]) -> list[str]:
     return [f"  requests retried after 429/503: {'; '.join(found)}"] if found else []
 
 
+def _on_kafka(kafka: dict[str, Any]) -> list[str]:
+    """The runs on Apache Kafka, and the producer path beside Kafka Connect's."""
+    if "skipped" in kafka:
+        return ["", f"on Apache Kafka: not measured ({kafka['skipped']})"]
+    rows = [_run_row(run) for key in ("single", "concurrent") if (run := kafka.get(key))]
+    rows.extend((run["label"], _n(run["records"]), "-", f"{run['produce_s']:.2f} (sent)",
+                 f"{run['total_s']:.2f}", _n(run["records_per_s"]))
+                for key in ("producers", "connect") if (run := kafka.get(key)))
+    out = ["", f"on Apache Kafka ({kafka['nodes']} nodes; replication factor "
+           f"{3 if kafka['nodes'] >= 3 else 1}, acks=all)",
+           *_table(("run", "records", "MB", "to 202 s", "end to end s", "records/s"), rows)]
+    if (ratio := kafka.get("producers_over_connect")) is not None:
+        connect = kafka["connect"]
+        out.append(f"  Sluice's producer path / Kafka Connect + Debezium JDBC sink: {ratio:.2f}x "
+                   f"(Connect: {connect['tasks']} tasks, batch.size {connect['batch_size']}, upsert)")
+    return out
+
+
 def render(figures: dict[str, Any]) -> str:
     """Every figure of one bench run, as aligned plain-text tables."""
     out = [f"Sluice benchmark, {figures['machine']}", "", *_runs(figures), *_retries(figures)]
@@ -97,6 +115,8 @@ def render(figures: dict[str, Any]) -> str:
         out += _small_jobs(small)
     if long := figures.get("long"):
         out += _long(long)
+    if kafka := figures.get("kafka"):
+        out += _on_kafka(kafka)
     checks = figures.get("targets", [])
     out += ["", "goals"]
     for check in checks:

@@ -160,7 +160,7 @@ class ProducerFigures:
         return {"label": "producers -> input topic", **asdict(self), "records_per_s": self.records_per_s}
 
 
-def _produce(kafka: str, topic: str, tag: str, records: int) -> None:
+def produce_readings(kafka: str, topic: str, tag: str, records: int) -> None:
     """Write the records one message each with librdkafka (C), as a fast producer would:
     the bench's own client must not be what limits the figure."""
     producer = Producer({"bootstrap.servers": kafka, "acks": "all", "linger.ms": 5,
@@ -191,7 +191,7 @@ async def producer_run(pipeline: Pipeline, kafka: str, dsn: str, tag: str, recor
     assert pool is not None
     try:
         started = time.perf_counter()
-        await asyncio.to_thread(_produce, kafka, topic, tag, records)
+        await asyncio.to_thread(produce_readings, kafka, topic, tag, records)
         produced = time.perf_counter() - started
         deadline = time.monotonic() + timeout_s
         while await _applied_from(pool, topic) < records:

@@ -15,9 +15,11 @@ import orjson
 import pytest
 
 from app.devtools.bench.client import MAX_RETRY_AFTER_S, BenchError, retry_after_s
+from app.devtools.bench.connect_peer import connect_schema, jdbc_url
 from app.devtools.bench.csv_peer import pgloader_command, pgloader_uri
 from app.devtools.bench.long_run import payload_sizes
 from app.devtools.bench.processes import RssWatch
+from app.devtools.bench.report import render
 from app.devtools.bench.workload import CSV_HEADER, copy_rows, csv_body, ndjson
 from schemas.targets import BUILTIN_TARGETS_DIR, load_target
 from schemas.validation import RecordConverter
@@ -101,3 +103,36 @@ async def test_rss_watch_keeps_the_peak_overall_and_per_window() -> None:
     peak = await watch.stop()
     assert peak >= big_window > small_window
     assert big_window - small_window > 32 * 2**20
+
+
+def test_the_connect_peer_reads_the_targets_columns_with_their_types_and_timestamps() -> None:
+    schema = connect_schema(SENSOR)
+    assert schema["type"] == "struct" and not schema["optional"]
+    assert [(f["field"], f["type"], f.get("name"), f["optional"]) for f in schema["fields"]] == [
+        ("sensor_id", "string", None, False),
+        ("value", "double", None, False),
+        ("sampled_at", "int64", "org.apache.kafka.connect.data.Timestamp", False),
+    ]
+
+
+def test_the_connect_peer_reaches_a_unix_socket_postgres_through_junixsocket() -> None:
+    url = jdbc_url("postgresql://postgres:@/postgres?host=/tmp/pg%20dir/run")
+    assert url.startswith("jdbc:postgresql://localhost/postgres?socketFactory=org.newsclub.net.unix.")
+    assert url.endswith("socketFactoryArg=/tmp/pg%20dir/run/.s.PGSQL.5432")
+    assert jdbc_url("postgresql://u:p@db.example:6543/sluice") == "jdbc:postgresql://db.example:6543/sluice"
+
+
+def test_the_report_shows_the_kafka_runs_and_the_connect_ratio_or_why_they_are_missing() -> None:
+    run = {"label": "1 x 10 NDJSON", "records": 10, "payload_mb": 0.1, "to_202_s": 0.1,
+           "total_s": 0.5, "records_per_s": 20.0}
+    drain = {"records": 10, "produce_s": 0.1, "total_s": 0.5, "records_per_s": 20.0}
+    kafka = {"nodes": 3, "single": run,
+             "producers": {**drain, "label": "producers -> input topic"},
+             "connect": {**drain, "label": "Kafka Connect + Debezium JDBC sink", "tasks": 4,
+                         "batch_size": 1000, "records_per_s": 40.0},
+             "producers_over_connect": 0.5}
+    text = render({"machine": "m", "kafka": kafka})
+    assert "on Apache Kafka (3 nodes; replication factor 3, acks=all)" in text
+    assert "Kafka Connect + Debezium JDBC sink" in text and ": 0.50x" in text
+    assert "on Apache Kafka: not measured (java not found on the PATH)" in render(
+        {"machine": "m", "kafka": {"skipped": "java not found on the PATH"}})
