@@ -26,7 +26,7 @@ run: $(STAMP) ## start broker, PostgreSQL, Valkey, worker and web on 127.0.0.1:8
 
 test: $(STAMP) ## run the whole test suite (embedded services start once per session; the Kafka lane needs a JDK and Maven)
 	@command -v java >/dev/null && command -v mvn >/dev/null || \
-		echo "*** no JDK or Maven here: the Apache Kafka lane (tests/integration/test_real_kafka.py) will be SKIPPED ***"
+		echo "*** no JDK or Maven here: the Apache Kafka lane (tests/integration/kafka_lane/) will be SKIPPED ***"
 	$(BIN)/python -m pytest -q -rs
 
 lint: $(STAMP) ## ruff and mypy, as CI would
