@@ -39,9 +39,15 @@ appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = %d{{ISO8601}} %p %c{{1}} %m%n
 rootLogger.level = warn
 rootLogger.appenderRef.file.ref = file
-logger.kafka.name = kafka
-logger.kafka.level = info
 """
+
+
+def log4j2_file_config(log: Path, *info_loggers: str) -> str:
+    """A log4j2 configuration for a JVM of ours: warnings and up into ``log``, and the
+    info lines of ``info_loggers`` (Kafka's own: start-up, recovery, leadership)."""
+    extra = "".join(f"logger.l{n}.name = {name}\nlogger.l{n}.level = info\n"
+                    for n, name in enumerate(info_loggers))
+    return _LOG4J2.format(log=log) + extra
 
 
 class KafkaUnavailable(SluiceError):
@@ -165,7 +171,7 @@ class KafkaCluster:
         config = node.data_dir / "server.properties"
         config.write_text(self._properties(node, voters))
         (node.data_dir / "log4j2.properties").write_text(
-            _LOG4J2.format(log=node.data_dir / "server.log"))
+            log4j2_file_config(node.data_dir / "server.log", "kafka"))
         if (node.data_dir / "log" / "meta.properties").exists():
             return  # formatted by an earlier start of the same node: keep its data
         formatted = subprocess.run(

@@ -228,17 +228,31 @@ def on_cluster(cluster: KafkaCluster) -> dict[str, str]:
             "topic_min_insync_replicas": str(cluster.min_insync_replicas)}
 
 
+@asynccontextmanager
+async def http_session(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the stack's web process, authenticated as `sluice run`'s dev token."""
+    async with aiohttp.ClientSession(stack.base_url, headers=stack.auth_headers) as session:
+        yield session
+
+
+@asynccontextmanager
+async def db_pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the stack's PostgreSQL."""
+    pool = await asyncpg.create_pool(stack.dsn, min_size=1, max_size=4)
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 @pytest.fixture(scope="session")
 async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(stack.base_url, headers=stack.auth_headers) as session:
+    async with http_session(stack) as session:
         yield session
 
 
 @pytest.fixture(scope="session")
 async def db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stack.dsn, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
-
-
+    async with db_pool(stack) as pool:
+        yield pool

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -135,3 +137,28 @@ class IsolatedStack:
             tail = log.read_text(errors="replace")[-2000:]
             sys.stderr.write(f"\n--- tail of {log.name} ---\n{tail}\n")
         shutil.rmtree(self.data, ignore_errors=True)
+
+
+MakeStack = Callable[..., IsolatedStack]
+
+
+@contextmanager
+def isolated_stacks(kafka: KafkaCluster | None = None) -> Iterator[MakeStack]:
+    """Make stacks of their own (settings named as in `Settings`), on ``kafka`` if given;
+    on exit stop them all, then fail if a web or worker process crashed meanwhile: a
+    process that dies of a fault it should ride out is a failure even when the others
+    still finish the job."""
+    stacks: list[IsolatedStack] = []
+
+    def make(**settings: object) -> IsolatedStack:
+        stack = IsolatedStack(settings={env_var(k): str(v) for k, v in settings.items()}, kafka=kafka)
+        stacks.append(stack.start())
+        return stack
+
+    try:
+        yield make
+    finally:
+        crashed = [name for stack in stacks for name in stack.crashed()]
+        for stack in stacks:
+            stack.stop()
+    assert crashed == [], f"processes crashed during the test: {crashed}"

@@ -33,27 +33,13 @@ from tests.integration.helpers import (
     wait_progress,
     wait_terminal,
 )
-from tests.integration.isolated import IsolatedStack
-
-MakeStack = Callable[..., IsolatedStack]
+from tests.integration.isolated import IsolatedStack, MakeStack, isolated_stacks
 
 
 @pytest.fixture
 def isolated() -> Iterator[MakeStack]:
-    stacks: list[IsolatedStack] = []
-
-    def make(**settings: object) -> IsolatedStack:
-        stack = IsolatedStack(settings={env_var(k): str(v) for k, v in settings.items()})
-        stacks.append(stack.start())
-        return stack
-
-    yield make
-    crashed = [name for stack in stacks for name in stack.crashed()]
-    for stack in stacks:
-        stack.stop()
-    # A process that dies of a fault it should ride out is a failure even when the other
-    # processes still finish the job.
-    assert crashed == [], f"processes crashed during the test: {crashed}"
+    with isolated_stacks() as make:
+        yield make
 
 
 @pytest.fixture

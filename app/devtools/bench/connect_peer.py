@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from app.devtools.bench.client import TARGET, BenchError
 from app.devtools.bench.scenarios import produce_readings
 from app.devtools.embedded import free_port, stop_processes
-from app.devtools.kafka_cluster import maven_libs
+from app.devtools.kafka_cluster import log4j2_file_config, maven_libs
 from app.kafka import ensure_topics
 from schemas.targets import ColumnType, Target
 
@@ -48,18 +48,6 @@ _CONNECT_TYPES: dict[ColumnType, dict[str, Any]] = {
                                   "version": 1},
     ColumnType.DATE: {"type": "int32", "name": "org.apache.kafka.connect.data.Date", "version": 1},
 }
-
-_LOG4J2 = """\
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = %d{{ISO8601}} %p %c{{1}} %m%n
-rootLogger.level = warn
-rootLogger.appenderRef.file.ref = file
-"""
-
 
 def connect_schema(target: Target) -> dict[str, Any]:
     """The target's record as a Kafka Connect struct schema (JsonConverter's format), for
@@ -144,7 +132,8 @@ class ConnectPeer:
         }
         (self.work_dir / "worker.properties").write_text(_properties(worker))
         (self.work_dir / "connector.properties").write_text(_properties(connector))
-        (self.work_dir / "log4j2.properties").write_text(_LOG4J2.format(log=self.work_dir / "connect.log"))
+        (self.work_dir / "log4j2.properties").write_text(
+            log4j2_file_config(self.work_dir / "connect.log"))
         with open(self.work_dir / "connect.out", "ab") as out:
             self.process = subprocess.Popen(
                 ["java", "-Xmx1g", f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",

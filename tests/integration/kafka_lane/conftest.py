@@ -9,7 +9,7 @@ their own (``isolated``) share the cluster under topic prefixes of their own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import asyncpg
@@ -17,11 +17,15 @@ import pytest
 
 from app.devtools.embedded import EmbeddedStack
 from app.devtools.kafka_cluster import KafkaCluster
-from app.settings import env_var
-from tests.integration.conftest import Stack, on_cluster, running_stack, stack_folder
-from tests.integration.isolated import IsolatedStack
-
-MakeStack = Callable[..., IsolatedStack]
+from tests.integration.conftest import (
+    Stack,
+    db_pool,
+    http_session,
+    on_cluster,
+    running_stack,
+    stack_folder,
+)
+from tests.integration.isolated import MakeStack, isolated_stacks
 
 
 @pytest.fixture(scope="session")
@@ -34,31 +38,18 @@ def stack(kafka_cluster: KafkaCluster) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(stack.base_url, headers=stack.auth_headers) as session:
+    async with http_session(stack) as session:
         yield session
 
 
 @pytest.fixture(scope="session")
 async def db(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stack.dsn, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
+    async with db_pool(stack) as pool:
+        yield pool
 
 
 @pytest.fixture
 def isolated(kafka_cluster: KafkaCluster) -> Iterator[MakeStack]:
     """Stacks of their own, as the embedded lane's ``isolated`` makes them, on the cluster."""
-    stacks: list[IsolatedStack] = []
-
-    def make(**settings: object) -> IsolatedStack:
-        stack = IsolatedStack(settings={env_var(k): str(v) for k, v in settings.items()},
-                              kafka=kafka_cluster)
-        stacks.append(stack.start())
-        return stack
-
-    yield make
-    crashed = [name for stack in stacks for name in stack.crashed()]
-    for stack in stacks:
-        stack.stop()
-    assert crashed == [], f"processes crashed during the test: {crashed}"
+    with isolated_stacks(kafka_cluster) as make:
+        yield make
