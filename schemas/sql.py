@@ -189,6 +189,9 @@ CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
 -- Bumped by each worker that is assigned the partition: a write carrying an older epoch
 -- (a worker that lost the partition and does not know yet) is refused.
 ALTER TABLE sluice_consumer_positions ADD COLUMN IF NOT EXISTS owner_epoch bigint NOT NULL DEFAULT 0;
+-- The records topic's ID (KIP-516) the position counts in: a topic deleted and created
+-- again (the embedded broker's are, at every start) starts over at its first offset.
+ALTER TABLE sluice_consumer_positions ADD COLUMN IF NOT EXISTS topic_id text;
 -- A submission still receiving after this moment (database clock) has died: it is failed.
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS receive_deadline timestamptz;
 -- Records-topic messages that could not be read as envelopes: kept, never silently skipped.

@@ -37,6 +37,7 @@ from app.kafka import GROUP_TIMEOUTS, MAX_REQUEST_BYTES, all_topics, ensure_topi
 from app.settings import get_settings
 from app.store.positions import Claim, Fenced
 from app.store.sink import BatchResult
+from app.topic_ids import TopicIds
 from schemas.envelope import Envelope
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class RecordsConsumer(faust.Service):
         self._partitions: dict[int, PartitionTask] = {}
         self._joined = asyncio.Event()
         self._seals: SealListener | None = None
+        self._topic_ids: TopicIds | None = None
 
     async def on_start(self) -> None:
         """Make sure the topic exists, then join the group (assignment comes later)."""
@@ -202,6 +204,7 @@ class RecordsConsumer(faust.Service):
         _, dsn, _ = settings.require_services()
         self._seals = SealListener(dsn, self._wake_waiting)
         self._seals.start()
+        self._topic_ids = TopicIds(settings)
         assert settings.kafka_bootstrap is not None
         # Every topic this worker sends to (Faust declares none): a worker may start
         # before any web process has created them.
@@ -230,6 +233,16 @@ class RecordsConsumer(faust.Service):
         if self._consumer is not None:
             await self._consumer.stop()
 
+    async def _records_topic_id(self) -> str | None:
+        """The records topic's current ID, so that a claim sees a topic created anew; None
+        when the broker does not answer (the position is then kept as it is)."""
+        assert self._topic_ids is not None
+        try:
+            return (await self._topic_ids.of([topics.records])).get(topics.records)
+        except Exception as e:  # noqa: BLE001 - a claim must not fail for want of it
+            log.warning("records topic id not read (%s)", type(e).__name__)
+            return None
+
     def _wake_waiting(self) -> None:
         for task in self._partitions.values():
             task.wake()
@@ -247,7 +260,9 @@ class RecordsConsumer(faust.Service):
             return PartitionApplier(claim, resources.sink, publish_outcomes, decoder, apply_settings)
 
         async def claim(partition: int) -> Claim:
-            claims = await until_done(lambda: resources.sink.claim([partition]), "partition claim",
+            topic_id = await self._records_topic_id()
+            claims = await until_done(lambda: resources.sink.claim([partition], topic_id),
+                                      "partition claim",
                                       attempts=settings.write_attempts,
                                       max_delay_s=settings.db_retry_max_s)
             return claims[partition]

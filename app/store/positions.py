@@ -16,12 +16,15 @@ moves back.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import asyncpg
 
 from app.errors import SluiceError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +57,40 @@ class PartitionPositions:
         self._group = group
         self._topic = topic
 
-    async def claim(self, pool: asyncpg.Pool, partitions: Iterable[int]) -> dict[int, Claim]:
-        """Take the partitions over: bump each one's epoch and read where it continues."""
+    async def claim(self, pool: asyncpg.Pool, partitions: Iterable[int],
+                    topic_id: str | None = None) -> dict[int, Claim]:
+        """Take the partitions over: bump each one's epoch and read where it continues.
+
+        ``topic_id`` names the topic's current incarnation. A position counted in another
+        one (the topic was deleted and created again, or the embedded broker, whose topics
+        live in memory, was restarted on a kept database) starts over at the first offset:
+        kept, it would skip the new topic's records below it. None (the ID is not known)
+        keeps the position as it is.
+        """
         wanted = sorted(set(partitions))
-        rows = await pool.fetch(
-            """
-            INSERT INTO sluice_consumer_positions AS p
-                (consumer_group, topic, partition, next_offset, owner_epoch)
-            SELECT $1, $2, part, -1, 1 FROM unnest($3::int[]) AS part
-            ON CONFLICT (consumer_group, topic, partition)
-            DO UPDATE SET owner_epoch = p.owner_epoch + 1
-            RETURNING partition, owner_epoch, next_offset
-            """,
-            self._group, self._topic, wanted,
-        )
+        async with pool.acquire() as conn, conn.transaction():
+            stale = {r["partition"]: r["topic_id"] for r in await conn.fetch(
+                "SELECT partition, topic_id FROM sluice_consumer_positions WHERE consumer_group = $1"
+                " AND topic = $2 AND partition = ANY($3::int[]) AND topic_id IS NOT NULL"
+                " AND topic_id <> $4 AND next_offset >= 0 FOR UPDATE",
+                self._group, self._topic, wanted, topic_id)} if topic_id else {}
+            rows = await conn.fetch(
+                """
+                INSERT INTO sluice_consumer_positions AS p
+                    (consumer_group, topic, partition, next_offset, owner_epoch, topic_id)
+                SELECT $1, $2, part, -1, 1, $4 FROM unnest($3::int[]) AS part
+                ON CONFLICT (consumer_group, topic, partition)
+                DO UPDATE SET owner_epoch = p.owner_epoch + 1,
+                              next_offset = CASE WHEN p.partition = ANY($5::int[]) THEN -1
+                                                 ELSE p.next_offset END,
+                              topic_id = coalesce($4, p.topic_id)
+                RETURNING partition, owner_epoch, next_offset
+                """,
+                self._group, self._topic, wanted, topic_id, sorted(stale),
+            )
+        for partition, old in sorted(stale.items()):
+            log.warning("records partition %d: the topic was created anew (id %s, was %s);"
+                        " reading it from its first offset", partition, topic_id, old)
         return {r["partition"]: Claim(r["partition"], r["owner_epoch"],
                                       r["next_offset"] if r["next_offset"] >= 0 else None)
                 for r in rows}

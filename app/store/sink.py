@@ -110,9 +110,10 @@ class PostgresSink:
                 self._targets[name] = target
         self.writer.add_targets(targets)
 
-    async def claim(self, partitions: Iterable[int]) -> dict[int, Claim]:
-        """Take records partitions over (fencing their previous owner); where each continues."""
-        return await self._positions.claim(self._pool, partitions)
+    async def claim(self, partitions: Iterable[int], topic_id: str | None = None) -> dict[int, Claim]:
+        """Take records partitions over (fencing their previous owner); where each continues
+        in the records topic's incarnation ``topic_id`` (None: not known)."""
+        return await self._positions.claim(self._pool, partitions, topic_id)
 
     async def still_receiving(self, job_ids: Iterable[str]) -> set[str]:
         """Which of the jobs are still being received; any past its deadline is failed first."""

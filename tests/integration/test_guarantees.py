@@ -391,6 +391,31 @@ async def test_broker_down_gets_503_within_the_submission_timeout(
     assert [s["state"] for s in states] == ["failed"]  # never reported as accepted
 
 
+async def test_a_restart_on_a_new_broker_and_the_kept_database_applies_the_first_jobs(
+    isolated: MakeStack, session_for: Callable[[IsolatedStack], aiohttp.ClientSession]
+) -> None:
+    # `make run` a second time: the embedded broker's topics were in memory and are new,
+    # PostgreSQL kept the positions the old records topic had reached. (The same as
+    # pointing a kept database at a new Kafka cluster, or recreating the records topic.)
+    stack = isolated()
+    processes = [stack.spawn("web"), stack.spawn("worker")]
+    http = session_for(stack)
+    first = await submit(http, ndjson([reading(f"life1-{uuid.uuid4().hex[:6]}", i) for i in range(40)]))
+    assert (await wait_terminal(http, first["job_id"], wait_s=120))["state"] == "completed"
+    for process in processes:
+        stack.kill(process)
+    broker: Any = stack.service("broker")
+    broker.stop()
+    broker.start()
+    stack.spawn("web")
+    stack.spawn("worker")
+    http = session_for(stack)  # the first session's connections went with the old web
+    tag = f"life2-{uuid.uuid4().hex[:6]}"
+    second = await submit(http, ndjson([reading(tag, i) for i in range(40)]))
+    job = await wait_terminal(http, second["job_id"], wait_s=120)
+    assert (job["state"], job["counts"]["succeeded"]) == ("completed", 40)
+
+
 # 6. Backpressure -----------------------------------------------------------------------
 
 async def test_backpressure_refuses_new_work_and_accepted_work_drains(

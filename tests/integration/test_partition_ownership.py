@@ -78,3 +78,22 @@ async def test_a_claim_waits_for_a_write_under_way(
         await asyncio.sleep(0.5)
         assert not takeover.done(), "a new owner claimed the partition in the middle of a write"
     assert (await takeover)[1].epoch == owner.epoch + 1
+
+
+async def test_a_position_counted_in_another_incarnation_of_the_topic_starts_over(
+    db: asyncpg.Pool, sinks: tuple[PostgresSink, PartitionPositions]
+) -> None:
+    sink, positions = sinks
+    owner = (await sink.claim([0, 1], "topic-a"))[0]
+    await sink.advance(Fence(0, owner.epoch, 7))
+    claims = await sink.claim([0, 1], "topic-a")
+    assert (claims[0].next_offset, claims[1].next_offset) == (7, None)
+    # The ID is unknown (the broker did not say): the position is kept.
+    assert (await sink.claim([0], None))[0].next_offset == 7
+    # The topic was deleted and created again: its offsets start over, and so does the
+    # position, or the new topic's records below 7 would be taken for applied ones.
+    again = (await sink.claim([0], "topic-b"))[0]
+    assert again.next_offset is None and again.epoch > owner.epoch
+    await sink.advance(Fence(0, again.epoch, 2))
+    assert (await sink.claim([0], "topic-b"))[0].next_offset == 2
+    assert await positions.read(db, [0]) == {0: 2}

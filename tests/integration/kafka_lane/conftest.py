@@ -36,6 +36,8 @@ def stack(kafka_cluster: KafkaCluster) -> Iterator[Stack]:
         yield running
 
 
+# Redefined, not inherited: a session fixture is made once, so the embedded lane's `http`
+# and `db` would hand these tests clients of the embedded stack.
 @pytest.fixture(scope="session")
 async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
     async with http_session(stack) as session:
