@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import re
 from collections.abc import Callable, Sequence
@@ -122,6 +123,9 @@ class Target:
     key: tuple[str, ...]
     # Excluded from eq/hash: it is derived from the fields above and is a dict.
     avro_schema: dict[str, Any] = field(compare=False, repr=False)
+    """As fastavro parsed it, for the codecs."""
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The schema as its file holds it (``sluice.key`` included), for clients."""
 
     def __getstate__(self) -> dict[str, Any]:
         # The cached properties may hold lambdas, which do not pickle; they are
@@ -243,7 +247,8 @@ def _parse(where: str, document: object) -> Target:
         raise TargetSchemaError(f"{where}: fastavro rejects the schema: {exc}") from exc
     if not isinstance(avro_schema, dict):  # a record schema always parses to a dict
         raise TargetSchemaError(f"{where}: fastavro did not parse a record schema")
-    return Target(name=name, columns=columns, key=tuple(key), avro_schema=avro_schema)
+    return Target(name=name, columns=columns, key=tuple(key), avro_schema=avro_schema,
+                  document=copy.deepcopy(document))
 
 
 def load_target(path: Path) -> Target:

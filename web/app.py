@@ -19,7 +19,7 @@ from app.store import jobs
 from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
-from web import views
+from web import target_discovery, views
 from web.access import PolicyError, load_policy
 from web.admission import Admission, Backlog, Shares
 from web.idempotency import IdempotencyStore
@@ -152,6 +152,8 @@ def create_web_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/bulk-operations/{job_id}", views.get_bulk_operation)
     app.router.add_delete("/v1/bulk-operations/{job_id}", views.abort_bulk_operation)
     app.router.add_get("/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results)
+    app.router.add_get("/v1/targets", target_discovery.list_targets)
+    app.router.add_get("/v1/targets/{name}", target_discovery.get_target)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     return app
