@@ -36,7 +36,8 @@ def run_worker(_: argparse.Namespace) -> int:
     from app import event_loop
     from app.faust_app import app
 
-    logs.configure(get_settings().log_level, get_settings().library_log_level)
+    logs.configure(get_settings().log_level, get_settings().library_log_level,
+                   get_settings().log_format)
     event_loop.install()
     os.nice(get_settings().worker_nice)
     worker = faust.Worker(app, loglevel="WARNING", override_logging=False, quiet=True)
@@ -61,7 +62,8 @@ def run_web(_: argparse.Namespace) -> int:
     from app import event_loop
     from web.app import create_web_app
 
-    logs.configure(get_settings().log_level, get_settings().library_log_level)
+    logs.configure(get_settings().log_level, get_settings().library_log_level,
+                   get_settings().log_format)
     event_loop.install()
     settings = get_settings()
     app = create_web_app(settings)  # refuses to start without authentication or TLS set up
@@ -108,7 +110,8 @@ def run_all(args: argparse.Namespace) -> int:
     from app.topics import TopicNames
     from schemas.targets import load_targets
 
-    logs.configure(get_settings().log_level, get_settings().library_log_level)
+    logs.configure(get_settings().log_level, get_settings().library_log_level,
+                   get_settings().log_format)
     settings = get_settings()
     if not settings.tls_enabled and settings.http_host not in LOOPBACK_HOSTS:
         raise SystemExit(f"sluice run serves plain HTTP on loopback only, not on {settings.http_host}; "
@@ -208,7 +211,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """End-to-end throughput on a stack of its own, beside a raw COPY baseline."""
     from app.devtools.bench.main import main as bench_main
 
-    logs.configure("WARNING", get_settings().library_log_level)
+    logs.configure("WARNING", get_settings().library_log_level, get_settings().log_format)
     return bench_main(args)
 
 

@@ -12,6 +12,7 @@ from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.input_policy import parse_input_operations
+from app.logs import LogFormat
 from schemas.targets import BUILTIN_TARGETS_DIR
 from schemas.vocabulary import Operation
 
@@ -77,8 +78,11 @@ class Settings(BaseSettings):
 
     # --- logging ---
     log_level: str = "INFO"
-    # Kafka client, Faust and mode log every rebalance step at INFO: quiet unless debugging.
+    # Kafka client, Faust and mode log every rebalance step at INFO, the embedded services
+    # their command lines: quiet unless debugging.
     library_log_level: str = "WARNING"
+    # auto: short text lines on a terminal, JSON lines otherwise; or json, or text.
+    log_format: LogFormat = LogFormat.AUTO
 
     # --- local state ---
     data_dir: Path = Path(".data")

