@@ -259,8 +259,11 @@ class RecordsConsumer(faust.Service):
         def make_applier(claim: Claim) -> PartitionApplier:
             return PartitionApplier(claim, resources.sink, publish_outcomes, decoder, apply_settings)
 
+        # One look at the records topic's ID for the whole assignment, shared by its claims.
+        records_topic_id = asyncio.ensure_future(self._records_topic_id())
+
         async def claim(partition: int) -> Claim:
-            topic_id = await self._records_topic_id()
+            topic_id = await asyncio.shield(records_topic_id)  # one claim cancelled spares the rest
             claims = await until_done(lambda: resources.sink.claim([partition], topic_id),
                                       "partition claim",
                                       attempts=settings.write_attempts,

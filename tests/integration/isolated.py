@@ -93,7 +93,7 @@ class IsolatedStack:
     @property
     def topics(self) -> TopicNames:
         """This stack's topic names."""
-        return TopicNames(self.env.get(env_var("topic_prefix"), "sluice"))
+        return TopicNames(self.env.get(env_var("topic_prefix"), Settings().topic_prefix))
 
     @property
     def dsn(self) -> str:

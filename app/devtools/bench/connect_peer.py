@@ -218,8 +218,9 @@ async def connect_peer_run(work_dir: Path, bootstrap: str, dsn: str, target: Tar
     topic = f"{tag}.connect-peer"
     await ensure_topics(bootstrap, [topic], partitions)
     peer = ConnectPeer(work_dir, bootstrap, dsn, topic, target, tasks=partitions, batch_size=batch_size)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    assert pool is not None
+    # One reader of the connector group's offsets for the whole wait, not one per look.
+    offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": f"connect-{CONNECTOR}",
+                        "enable.auto.commit": False})
     try:
         peer.start()
         await peer.wait_running()
@@ -227,42 +228,38 @@ async def connect_peer_run(work_dir: Path, bootstrap: str, dsn: str, target: Tar
         await asyncio.to_thread(produce_readings, bootstrap, topic, tag, records)
         produced = time.perf_counter() - started
         deadline = time.monotonic() + timeout_s
-        while await asyncio.to_thread(_lag, bootstrap, topic) > 0:
+        while await asyncio.to_thread(_lag, offsets, topic) > 0:
             if (trace := await peer.failed_task()) is not None:
                 raise BenchError(f"the Connect task failed: {trace}")
             if time.monotonic() > deadline:
                 raise BenchError(f"Kafka Connect had not written every record after {timeout_s:.0f} s")
             await asyncio.sleep(POLL_S)
         total = time.perf_counter() - started
-        if (written := await _rows_of(pool, tag)) != records:
+        if (written := await _rows_of(dsn, tag)) != records:
             raise BenchError(f"Kafka Connect committed every offset but wrote {written:,} rows "
                              f"of {records:,}")
         return PeerFigures(records, produced, total, partitions, batch_size)
     finally:
         peer.stop()
-        await pool.close()
+        offsets.close()
 
 
-def _lag(bootstrap: str, topic: str) -> int:
+def _lag(offsets: Consumer, topic: str) -> int:
     """Records of the topic past the connector's committed offsets. A sink task's offsets
     are committed only for records it has flushed (written and committed to PostgreSQL),
     every ``offset.flush.interval.ms``; counting rows instead would scan the table."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"connect-{CONNECTOR}",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        lag = 0
-        for tp in committed:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            lag += high - max(tp.offset, 0)
-        return lag
-    finally:
-        consumer.close()
+    partitions = offsets.list_topics(topic, timeout=10).topics[topic].partitions
+    committed = offsets.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+    return sum(offsets.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0)
+               for tp in committed)
 
 
-async def _rows_of(pool: asyncpg.Pool, tag: str) -> int:
+async def _rows_of(dsn: str, tag: str) -> int:
     """Rows of the target written for readings tagged ``tag`` (their sensor ids start with it)."""
-    return int(await pool.fetchval(
-        f"SELECT count(*) FROM {TARGET} WHERE sensor_id LIKE $1",
-        tag.replace("_", r"\_").replace("%", r"\%") + "-%"))
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(
+            f"SELECT count(*) FROM {TARGET} WHERE sensor_id LIKE $1",
+            tag.replace("_", r"\_").replace("%", r"\%") + "-%"))
+    finally:
+        await conn.close()

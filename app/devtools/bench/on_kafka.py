@@ -6,7 +6,6 @@ Debezium JDBC sink."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -63,5 +62,4 @@ async def kafka_runs(args: argparse.Namespace, tag: str, say: Say) -> dict[str, 
             figures["producers_over_connect"] = sluice.records_per_s / peer.records_per_s
         return figures
     finally:
-        with contextlib.suppress(Exception):
-            services.stop()
+        services.stop()
