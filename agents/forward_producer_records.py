@@ -42,6 +42,7 @@ from app.settings import get_settings
 from app.store import jobs as job_store
 from app.topic_ids import TopicIds
 from schemas.envelope import MAX_ENVELOPE_BYTES, envelope_headers
+from schemas.vocabulary import JobSource
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -193,7 +194,7 @@ async def forward(
                                          headers=envelope_headers(part))
                 for part, data in resources.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES)
             ])
-            metrics.records_received.labels(envelope.target, "kafka").inc(len(envelope.items))
+            metrics.records_received.labels(envelope.target, JobSource.KAFKA).inc(len(envelope.items))
         await asyncio.gather(*sent)
     write_audit(tally)
 

@@ -34,6 +34,15 @@ class RecordStatus(StrEnum):
     """Not applied: its job was aborted or failed before the record was written."""
 
 
+class JobSource(StrEnum):
+    """Where a job's records came from."""
+
+    HTTP = "http"
+    """A bulk submission; the submitter's tenant owns the job."""
+    KAFKA = "kafka"
+    """A producer's input topic partition; no HTTP tenant owns the job."""
+
+
 class JobState(StrEnum):
     """The states of a job, in the order a job moves through them."""
 

@@ -14,22 +14,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from app import metrics
-from web.problems import Problem
+from web.problems import Problem, Refusal
 
 UPLOAD_RETRY_AFTER_S = 1
 BACKLOG_RETRY_AFTER_S = 5
-
-
-class Refusal(StrEnum):
-    """Why a submission was not admitted (the problem's slug and the metric's label)."""
-
-    UPLOADS = "too-many-uploads"
-    TENANT_UPLOADS = "tenant-uploads"
-    BACKPRESSURE = "backpressure"
-    TENANT_BACKPRESSURE = "tenant-backpressure"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from app.errors import SluiceError
 from web.payloads import PayloadError
+from web.payloads.records import PayloadProblem
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,56 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 MAX_DETAIL_CHARS = 512
 """A detail longer than this is cut: the last guard against echoing a client value whole
 (each echo is already cut short by ``web.echo.echo``)."""
+
+
+class Refusal(enum.StrEnum):
+    """Why a submission was not admitted (the problem's slug and the metric's label)."""
+
+    UPLOADS = "too-many-uploads"
+    TENANT_UPLOADS = "tenant-uploads"
+    BACKPRESSURE = "backpressure"
+    TENANT_BACKPRESSURE = "tenant-backpressure"
+
+
+class ProblemType(enum.StrEnum):
+    """Problem types (the end of the problem ``type`` URI) raised by the views and their
+    guards. With ``PayloadProblem`` (a body rejected whole) and ``Refusal`` (admission
+    control) they are every type the API answers: the OpenAPI document lists exactly these."""
+
+    UNAUTHORIZED = "unauthorized"
+    INSUFFICIENT_SCOPE = "insufficient-scope"
+    TARGET_NOT_ALLOWED = "target-not-allowed"
+    RATE_LIMITED = "rate-limited"
+    SUBMISSION_EXCEEDS_BURST = "submission-exceeds-burst"
+    UNKNOWN_TARGET = "unknown-target"
+    UNKNOWN_OPERATION = "unknown-operation"
+    MISSING_TARGET = "missing-target"
+    CONFLICTING_PARAMETERS = "conflicting-parameters"
+    EMPTY_PAYLOAD = "empty-payload"
+    SUBMISSION_TIMEOUT = "submission-timeout"
+    BROKER_UNAVAILABLE = "broker-unavailable"
+    BAD_IDEMPOTENCY_KEY = "bad-idempotency-key"
+    IDEMPOTENCY_UNAVAILABLE = "idempotency-unavailable"
+    IDEMPOTENCY_IN_FLIGHT = "idempotency-in-flight"
+    IDEMPOTENCY_KEY_REUSED = "idempotency-key-reused"
+    JOB_NOT_FOUND = "job-not-found"
+    JOB_NOT_RUNNING = "job-not-running"
+    BAD_STATUS_FILTER = "bad-status-filter"
+    BAD_PARAMETER = "bad-parameter"
+    TARGET_NOT_FOUND = "target-not-found"
+    DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
+    NOT_FOUND = "not-found"
+    """No such resource (a path the API does not have)."""
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    HTTP_ERROR = "http-error"
+    """Another error of the HTTP layer itself (aiohttp's own 4xx)."""
+    INTERNAL_ERROR = "internal-error"
+
+
+ProblemSlug = ProblemType | PayloadProblem | Refusal
+"""Every problem type the API can answer."""
+
+ALL_PROBLEM_TYPES: tuple[ProblemSlug, ...] = (*ProblemType, *PayloadProblem, *Refusal)
 
 
 class Problem(SluiceError):
@@ -32,7 +84,7 @@ class Problem(SluiceError):
         title: str,
         detail: str,
         *,
-        slug: str | None = None,
+        slug: ProblemSlug,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
@@ -42,7 +94,7 @@ class Problem(SluiceError):
         self.status = status
         self.title = title
         self.detail = detail
-        self.slug = slug or title.lower().replace(" ", "-")
+        self.slug = slug
         self.headers = headers or {}
         self.extra = extra
 
@@ -64,6 +116,8 @@ def problem_response(problem: Problem, instance: str) -> web.Response:
         headers=problem.headers,
     )
 
+
+_HTTP_LAYER_PROBLEMS = {404: ProblemType.NOT_FOUND, 405: ProblemType.METHOD_NOT_ALLOWED}
 
 DEPENDENCY_DOWN = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -91,7 +145,7 @@ async def problem_middleware(
         return problem_response(
             Problem(503, "Service unavailable",
                     "a service Sluice depends on is not answering; retry later",
-                    slug="dependency-unavailable", headers={"Retry-After": "5"}),
+                    slug=ProblemType.DEPENDENCY_UNAVAILABLE, headers={"Retry-After": "5"}),
             request.path,
         )
     except web.HTTPException as e:
@@ -101,10 +155,12 @@ async def problem_middleware(
         kept = {k: v for k, v in e.headers.items()
                 if k.lower() not in ("content-type", "content-length")}
         return problem_response(
-            Problem(e.status, e.reason, e.reason, headers=kept), request.path
+            Problem(e.status, e.reason, e.reason, slug=_HTTP_LAYER_PROBLEMS.get(
+                e.status, ProblemType.HTTP_ERROR), headers=kept), request.path
         )
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return problem_response(
-            Problem(500, "Internal error", "the server failed; the error is logged"), request.path
+            Problem(500, "Internal error", "the server failed; the error is logged",
+                    slug=ProblemType.INTERNAL_ERROR), request.path
         )

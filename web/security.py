@@ -28,7 +28,7 @@ from web.auth import (
     missing_scopes,
 )
 from web.jwks import KeySet, file_loader, url_loader
-from web.problems import Problem
+from web.problems import Problem, ProblemType
 from web.ratelimit import (
     Bucket,
     Decision,
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 audit_log = logging.getLogger("sluice.audit")
 
 PROTECTED_PREFIX = "/v1/"
+OPENAPI_PATH = "/v1/openapi.json"
+PUBLIC_PATHS = frozenset({OPENAPI_PATH})
+"""Under PROTECTED_PREFIX but open to all: the API's published contract."""
 PRINCIPAL = "sluice.principal"
 """Request storage key of the authenticated Principal."""
 
@@ -129,11 +132,11 @@ def unauthorized(error: AuthError) -> Problem:
     if error.token_given:
         challenge += f', error="invalid_token", error_description="{error.reason}"'
     metrics.auth_failures.labels("401").inc()
-    return Problem(401, "Unauthorized", error.reason, slug="unauthorized",
+    return Problem(401, "Unauthorized", error.reason, slug=ProblemType.UNAUTHORIZED,
                    headers={"WWW-Authenticate": challenge})
 
 
-def forbidden(detail: str, slug: str = "forbidden", scope: str | None = None) -> Problem:
+def forbidden(detail: str, slug: ProblemType, scope: str | None = None) -> Problem:
     """403: authenticated, but not allowed this."""
     headers = {}
     if scope:
@@ -146,7 +149,7 @@ def too_many_requests(decision: Decision, what: str) -> Problem:
     """429 with Retry-After and the RateLimit headers of the bucket that ran out."""
     return Problem(429, "Too many requests",
                    f"the {what} rate limit is exhausted; retry after the Retry-After delay",
-                   slug="rate-limited", headers=rate_limit_headers(decision))
+                   slug=ProblemType.RATE_LIMITED, headers=rate_limit_headers(decision))
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -162,7 +165,7 @@ def require_scope(request: web.Request, scope: str) -> Principal:
         if scope == SCOPE_WRITE:
             audit("bulk operation refused", principal, method=request.method, path=request.path,
                   outcome="insufficient-scope")
-        raise forbidden(f"this requires the {scope} scope", slug="insufficient-scope", scope=scope)
+        raise forbidden(f"this requires the {scope} scope", slug=ProblemType.INSUFFICIENT_SCOPE, scope=scope)
     return principal
 
 
@@ -180,7 +183,8 @@ def check_target(request: web.Request, principal: Principal, target: str, operat
     if not allowed:
         audit("bulk operation refused", principal, target=target, operation=operation,
               outcome="forbidden")
-        raise forbidden(f"not allowed to {operation or 'use'} target {target!r}", slug="target-not-allowed")
+        raise forbidden(f"not allowed to {operation or 'use'} target {target!r}",
+                        slug=ProblemType.TARGET_NOT_ALLOWED)
 
 
 def exceeds_burst(bucket: Bucket, records: int) -> Problem:
@@ -190,7 +194,7 @@ def exceeds_burst(bucket: Bucket, records: int) -> Problem:
     return Problem(413, "Submission exceeds the record burst",
                    f"the submission holds {records} records, more than the {bucket.burst}-record "
                    f"burst of the {bucket.scope} record rate limit; split it into submissions of "
-                   f"at most {bucket.burst} records", slug="submission-exceeds-burst",
+                   f"at most {bucket.burst} records", slug=ProblemType.SUBMISSION_EXCEEDS_BURST,
                    records=records, burst=bucket.burst, scope=bucket.scope.value)
 
 
@@ -215,7 +219,7 @@ async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Every /v1 request: a valid bearer token, then a token from the request buckets."""
-    if not request.path.startswith(PROTECTED_PREFIX):
+    if not request.path.startswith(PROTECTED_PREFIX) or request.path in PUBLIC_PATHS:
         return await handler(request)
     guard = request.app[guard_key]
     try:

@@ -38,6 +38,7 @@ from schemas.envelope import (
 )
 from schemas.preparation import OPERATIONS, RecordPreparer
 from schemas.targets import Target
+from schemas.vocabulary import JobSource
 from web.echo import echo
 from web.idempotency import Fingerprint
 from web.payloads import (
@@ -48,7 +49,7 @@ from web.payloads import (
     RawRecord,
     RecordCode,
 )
-from web.problems import Problem
+from web.problems import Problem, ProblemType
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def known_target(targets: dict[str, Target], name: str) -> Target:
     target = targets.get(name)
     if target is None:
         raise Problem(422, "Unknown target", f"no target named {echo(name)}",
-                      slug="unknown-target", known_targets=sorted(targets))
+                      slug=ProblemType.UNKNOWN_TARGET, known_targets=sorted(targets))
     return target
 
 
@@ -132,16 +133,16 @@ def resolve_target(
         if q and b and q != b:
             raise Problem(422, "Conflicting parameters",
                           f"{name} is {echo(q)} in the query string but {echo(b)} in the body",
-                          slug="conflicting-parameters")
+                          slug=ProblemType.CONFLICTING_PARAMETERS)
     target_name = query_target or body_target
     operation = query_operation or body_operation or "insert"
     if not target_name:
         raise Problem(422, "Missing target", "give ?target=NAME or \"target\" in the body",
-                      slug="missing-target")
+                      slug=ProblemType.MISSING_TARGET)
     target = known_target(targets, target_name)
     if operation not in OPERATIONS:
         raise Problem(422, "Unknown operation",
-                      f"operation must be one of {', '.join(OPERATIONS)}", slug="unknown-operation")
+                      f"operation must be one of {', '.join(OPERATIONS)}", slug=ProblemType.UNKNOWN_OPERATION)
     return target, operation
 
 
@@ -271,7 +272,7 @@ async def spool_payload(
     if preparer is None or not count:
         # No record at all: still check the parameters so a typo gets its own error.
         resolve_target(ctx.targets, query_target, query_operation, reader.target, reader.operation)
-        raise Problem(422, "Empty payload", "the payload holds no records", slug="empty-payload")
+        raise Problem(422, "Empty payload", "the payload holds no records", slug=ProblemType.EMPTY_PAYLOAD)
     for partition, buffer in enumerate(buffers):
         if buffer:
             await flush(partition)
@@ -326,7 +327,7 @@ async def submit(
         except TimeoutError as e:
             raise Problem(408, "Submission timed out",
                           f"the body was not received and parsed within {timeout_s:g} s; "
-                          "nothing was accepted", slug="submission-timeout") from e
+                          "nothing was accepted", slug=ProblemType.SUBMISSION_TIMEOUT) from e
         except KafkaError as e:  # a big payload's envelopes are produced while it is parsed
             raise _broker_problem(e, job_id) from e
         if outlet.streaming:
@@ -349,7 +350,7 @@ async def submit(
             raise Problem(503, "Submission expired",
                           "the records reached Kafka after the submission's deadline; the job "
                           "was failed and nothing of it will be applied",
-                          slug="broker-unavailable", headers={"Retry-After": "5"}) from e
+                          slug=ProblemType.BROKER_UNAVAILABLE, headers={"Retry-After": "5"}) from e
         sealed = True
     except BaseException as e:
         if recorded and not sealed:
@@ -359,7 +360,7 @@ async def submit(
         raise
     finally:
         spool.close()
-    metrics.records_received.labels(target.name, "http").inc(count)
+    metrics.records_received.labels(target.name, JobSource.HTTP).inc(count)
     log.info("job accepted", extra={"job_id": job_id, "target": target.name,
                                     "operation": operation, "records": count})
     return Accepted(job_id, target.name, operation, count)
@@ -378,7 +379,7 @@ def _broker_problem(error: BaseException, job_id: str) -> Problem:
                        "nothing was accepted", slug=PayloadProblem.RECORD_TOO_LARGE)
     return Problem(503, "Broker unavailable",
                    "records could not be written to Kafka; nothing was accepted",
-                   slug="broker-unavailable", headers={"Retry-After": "5"})
+                   slug=ProblemType.BROKER_UNAVAILABLE, headers={"Retry-After": "5"})
 
 
 def _failure_reason(error: BaseException) -> str:

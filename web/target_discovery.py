@@ -16,7 +16,7 @@ from schemas.vocabulary import Operation
 from web.access import AccessPolicy, is_allowed
 from web.auth import SCOPE_READ, SCOPE_WRITE, Principal
 from web.payloads.media import MediaType
-from web.problems import Problem
+from web.problems import Problem, ProblemType
 from web.security import forbidden, guard_key, principal_of
 from web.typedefs import targets_key
 
@@ -46,7 +46,7 @@ def _reader(request: web.Request) -> Principal:
     principal = principal_of(request)
     if not principal.scopes & {SCOPE_READ, SCOPE_WRITE}:
         raise forbidden(f"this requires the {SCOPE_READ} or {SCOPE_WRITE} scope",
-                        slug="insufficient-scope", scope=SCOPE_READ)
+                        slug=ProblemType.INSUFFICIENT_SCOPE, scope=SCOPE_READ)
     return principal
 
 
@@ -69,5 +69,5 @@ async def get_target(request: web.Request) -> web.Response:
     operations = allowed_operations(request.app[guard_key].access, principal, name) if target else []
     if target is None or not operations:
         raise Problem(404, "Target not found", "no target of that name is open to this caller",
-                      slug="target-not-found")
+                      slug=ProblemType.TARGET_NOT_FOUND)
     return web.json_response(target_document(target, operations))

@@ -10,16 +10,18 @@ names come from ``JobState``: the SQL below is built from it, not spelled again.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import asyncpg
 
 from app.errors import SluiceError
 from app.store import reports
-from schemas.vocabulary import JobState, RecordStatus
+from schemas.vocabulary import JobSource, JobState, RecordStatus
 
 RESULT_STATUSES = tuple(RecordStatus)
 
+_HTTP, _KAFKA = JobSource.HTTP, JobSource.KAFKA
 _RECEIVING, _ACCEPTED, _PROCESSING = JobState.RECEIVING, JobState.ACCEPTED, JobState.PROCESSING
 _FAILED, _ABORTED = JobState.FAILED, JobState.ABORTED
 SEAL_GRACE_S = 5.0
@@ -61,7 +63,7 @@ async def create_receiving(
     await pool.execute(
         "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received,"
         " tenant, principal, idempotency_key, request_fingerprint, receive_deadline)"
-        f" VALUES ($1, $2, $3, 'http', '{_RECEIVING}', $4, $5, $6, $7, $8,"
+        f" VALUES ($1, $2, $3, '{_HTTP}', '{_RECEIVING}', $4, $5, $6, $7, $8,"
         " now() + make_interval(secs => $9))",
         job_id, target, operation, records, tenant, principal, idempotency_key, request_fingerprint,
         max(0.0, seal_within_s) + SEAL_GRACE_S,
@@ -72,7 +74,7 @@ async def open_stream(conn: asyncpg.Connection, job_id: str, target: str, operat
     """-> processing: the long-running job of a producer input partition, on its first records."""
     await conn.execute(
         "INSERT INTO sluice_jobs (job_id, target, operation, source, state, accepted_at)"
-        f" VALUES ($1, $2, $3, 'kafka', '{_PROCESSING}', now()) ON CONFLICT DO NOTHING",
+        f" VALUES ($1, $2, $3, '{_KAFKA}', '{_PROCESSING}', now()) ON CONFLICT DO NOTHING",
         job_id, target, operation,
     )
 
@@ -186,7 +188,7 @@ async def abort(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] 
         row = await conn.fetchrow(
             f"UPDATE sluice_jobs SET state = '{_ABORTED}', reason = 'aborted by the client',"
             " completed_at = now(), updated_at = now()"
-            " WHERE job_id = $1 AND tenant = $2 AND source = 'http'"
+            f" WHERE job_id = $1 AND tenant = $2 AND source = '{_HTTP}'"
             f" AND state IN {_RUNNING} RETURNING *",
             job_id, tenant,
         )
@@ -237,7 +239,7 @@ async def flag_stalled(pool: asyncpg.Pool, stall_s: float) -> tuple[list[str], i
         f"""
         UPDATE sluice_jobs SET stalled_since = now(), updated_at = now(),
             reason = format('no progress for %s s', $1::float8)
-        WHERE source = 'http' AND state IN {_RUNNING} AND stalled_since IS NULL
+        WHERE source = '{_HTTP}' AND state IN {_RUNNING} AND stalled_since IS NULL
           AND coalesce(progressed_at, accepted_at) < now() - make_interval(secs => $1)
         RETURNING job_id
         """,
@@ -268,7 +270,7 @@ async def last_stream_topic_id(pool: asyncpg.Pool, topic: str) -> str | None:
     """The topic ID in the newest stream job of an input topic (its job ids end with it),
     or None if it has none (or only jobs from before topic IDs were part of them)."""
     job_id = await pool.fetchval(
-        "SELECT job_id FROM sluice_jobs WHERE source = 'kafka'"
+        f"SELECT job_id FROM sluice_jobs WHERE source = '{_KAFKA}'"
         " AND starts_with(job_id, $1) ORDER BY created_at DESC LIMIT 1", topic + ":")
     if job_id is None or job_id.count(":") < 2:
         return None
@@ -298,6 +300,33 @@ async def get_for_tenant(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[s
     return dict(row) if row is not None else None
 
 
+class JobPage(NamedTuple):
+    """One page of a tenant's jobs, newest first; ``after`` is where the next page starts
+    (None on the last page)."""
+
+    jobs: list[dict[str, Any]]
+    after: tuple[datetime, str] | None
+
+
+async def list_for_tenant(
+    pool: asyncpg.Pool, tenant: str, *, limit: int, after: tuple[datetime, str] | None = None,
+    state: JobState | None = None, target: str | None = None,
+) -> JobPage:
+    """A tenant's jobs, newest first, paged by (created_at, job_id) so that a page never
+    repeats or skips a job however many are created meanwhile. Submissions still
+    receiving are left out, as ``get_for_tenant``'s callers leave them out."""
+    rows = await pool.fetch(
+        "SELECT * FROM sluice_jobs WHERE tenant = $1 AND state <> $2"
+        " AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4))"
+        " AND ($5::text IS NULL OR state = $5) AND ($6::text IS NULL OR target = $6)"
+        " ORDER BY created_at DESC, job_id DESC LIMIT $7",
+        tenant, _RECEIVING, after[0] if after else None, after[1] if after else None,
+        state, target, limit + 1)
+    jobs = [dict(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return JobPage(jobs, (jobs[-1]["created_at"], jobs[-1]["job_id"]) if more else None)
+
+
 async def pending_work_by_tenant(pool: asyncpg.Pool) -> tuple[dict[str, int], float]:
     """({tenant: records accepted without an outcome}, age in seconds of the oldest unfinished
     job), in one query. HTTP jobs without a
@@ -306,7 +335,7 @@ async def pending_work_by_tenant(pool: asyncpg.Pool) -> tuple[dict[str, int], fl
         "SELECT coalesce(tenant, '') AS tenant,"
         " sum(records_received - succeeded - failed - duplicates) AS depth,"
         " extract(epoch FROM now() - min(accepted_at)) AS age"
-        f" FROM sluice_jobs WHERE source = 'http' AND state IN {_RUNNING} GROUP BY 1"
+        f" FROM sluice_jobs WHERE source = '{_HTTP}' AND state IN {_RUNNING} GROUP BY 1"
     )
     ages = [float(r["age"]) for r in rows if r["age"] is not None]
     return {r["tenant"]: int(r["depth"]) for r in rows}, max(ages, default=0.0)

@@ -25,7 +25,7 @@ from web.payloads import (
     RecordCode,
 )
 from web.payloads.limits import JSON_SLICE_BYTES, exceeds_fields, fields_need_counting_past
-from web.problems import MAX_DETAIL_CHARS, Problem
+from web.problems import MAX_DETAIL_CHARS, Problem, ProblemType
 from web.submission import fail_alone_if_oversize, resolve_target
 
 T = TypeVar("T")
@@ -323,7 +323,8 @@ def test_echo_cuts_long_values_and_says_how_long() -> None:
 
 
 def test_problem_details_are_capped() -> None:
-    assert len(Problem(422, "T", "d" * 10_000).detail) == MAX_DETAIL_CHARS + 1
+    problem = Problem(422, "T", "d" * 10_000, slug=ProblemType.UNKNOWN_TARGET)
+    assert len(problem.detail) == MAX_DETAIL_CHARS + 1
 
 
 # --- one record alone over a Kafka message fails alone -----------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, NoReturn
 
 import orjson
@@ -13,9 +14,11 @@ from aiohttp.test_utils import make_mocked_request
 from app.errors import SluiceError
 from web.payloads import PayloadError
 from web.problems import (
+    ALL_PROBLEM_TYPES,
     PROBLEM_CONTENT_TYPE,
     PROBLEM_TYPE_BASE,
     Problem,
+    ProblemType,
     problem_middleware,
     problem_response,
 )
@@ -45,7 +48,7 @@ def _raising(error: BaseException) -> Any:
 
 
 def test_problem_fields() -> None:
-    problem = Problem(422, "Unknown target", "no target named 'x'", slug="unknown-target")
+    problem = Problem(422, "Unknown target", "no target named 'x'", slug=ProblemType.UNKNOWN_TARGET)
     assert isinstance(problem, SluiceError)
     assert (problem.status, problem.title, problem.detail, problem.slug) == (
         422, "Unknown target", "no target named 'x'", "unknown-target"
@@ -55,14 +58,15 @@ def test_problem_fields() -> None:
     assert str(problem) == "no target named 'x'"
 
 
-def test_problem_slug_defaults_to_the_title() -> None:
-    assert Problem(503, "Broker unavailable", "d").slug == "broker-unavailable"
+def test_every_problem_type_is_distinct_and_names_a_uri_segment() -> None:
+    assert len({str(kind) for kind in ALL_PROBLEM_TYPES}) == len(ALL_PROBLEM_TYPES)
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", kind) for kind in ALL_PROBLEM_TYPES)
 
 
 def test_problem_response_renders_problem_json() -> None:
     problem = Problem(
         409, "Request in progress", "a request with this key is being processed",
-        slug="idempotency-in-flight", headers={"Retry-After": "1"}, retry_in_s=1,
+        slug=ProblemType.IDEMPOTENCY_IN_FLIGHT, headers={"Retry-After": "1"}, retry_in_s=1,
         known_targets=["a", "b"],
     )
     response = problem_response(problem, "/v1/bulk-operations?target=a")
@@ -82,7 +86,8 @@ def test_problem_response_renders_problem_json() -> None:
 
 
 def test_problem_response_without_headers_sets_only_content_type() -> None:
-    response = problem_response(Problem(404, "Job not found", "no such job"), "/v1/x")
+    response = problem_response(
+        Problem(404, "Job not found", "no such job", slug=ProblemType.JOB_NOT_FOUND), "/v1/x")
     assert response.status == 404
     assert response.content_type == "application/problem+json"
     assert "Retry-After" not in response.headers
@@ -90,7 +95,8 @@ def test_problem_response_without_headers_sets_only_content_type() -> None:
 
 
 def test_problem_body_is_utf8_json() -> None:
-    response = problem_response(Problem(422, "Unknown target", "no target named 'température'"),
+    response = problem_response(Problem(422, "Unknown target", "no target named 'température'",
+                                               slug=ProblemType.UNKNOWN_TARGET),
                                 "/x")
     assert _body(response)["detail"] == "no target named 'température'"
 
@@ -109,7 +115,7 @@ async def test_middleware_passes_responses_through() -> None:
 
 async def test_middleware_renders_problems() -> None:
     problem = Problem(503, "Broker unavailable", "nothing was accepted",
-                      slug="broker-unavailable", headers={"Retry-After": "5"})
+                      slug=ProblemType.BROKER_UNAVAILABLE, headers={"Retry-After": "5"})
     response = await problem_middleware(_request(), _raising(problem))
     assert response.status == 503
     assert response.headers["Retry-After"] == "5"

@@ -12,7 +12,8 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_targets
 from web.idempotency import Fingerprint
-from web.problems import Problem
+from web.payloads.records import PayloadProblem
+from web.problems import Problem, ProblemType
 from web.submission import Spool, _broker_problem, _failure_reason, body_chunks, resolve_target
 
 
@@ -216,8 +217,10 @@ def _raised_from(problem: Problem, cause: BaseException) -> Problem:
 
 
 @pytest.mark.parametrize(("error", "reason"), [
-    (Problem(408, "Submission timed out", "late"), "the payload was refused: Submission timed out"),
-    (Problem(413, "Payload too large", "big"), "the payload was refused: Payload too large"),
+    (Problem(408, "Submission timed out", "late", slug=ProblemType.SUBMISSION_TIMEOUT),
+     "the payload was refused: Submission timed out"),
+    (Problem(413, "Payload too large", "big", slug=PayloadProblem.TOO_LARGE),
+     "the payload was refused: Payload too large"),
     (_raised_from(_broker_problem(MessageSizeTooLargeError(), "j"), MessageSizeTooLargeError()),
      "a message was too large for the broker"),
     (_raised_from(_broker_problem(KafkaConnectionError(), "j"), KafkaConnectionError()),
