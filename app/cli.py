@@ -215,6 +215,14 @@ def run_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def run_openapi(args: argparse.Namespace) -> int:
+    """Print the API's OpenAPI 3.1 document (the repository keeps it as web/openapi.json)."""
+    from web.openapi import openapi_json
+
+    sys.stdout.buffer.write(openapi_json())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sluice` console script."""
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
@@ -234,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--role", action="append",
                        help="repeatable; the dev policy grants everything to role 'dev'")
     token.add_argument("--ttl", type=int, default=None, help="seconds (default: the maximum lifetime)")
+    sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3.1 document")
     args = parser.parse_args(argv)
     handlers = {"run": run_all, "worker": run_worker, "web": run_web, "bench": run_bench,
-                "token": run_token}
+                "token": run_token, "openapi": run_openapi}
     return handlers[args.command](args)
 
 

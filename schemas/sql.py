@@ -179,6 +179,9 @@ CREATE INDEX IF NOT EXISTS sluice_jobs_idempotency_key
 -- finished jobs kept for the whole results retention.
 CREATE INDEX IF NOT EXISTS sluice_jobs_unfinished
     ON sluice_jobs (accepted_at) WHERE state IN ('accepted', 'processing');
+-- A tenant's jobs, newest first: GET /v1/bulk-operations pages through them by key.
+CREATE INDEX IF NOT EXISTS sluice_jobs_by_tenant
+    ON sluice_jobs (tenant, created_at DESC, job_id DESC);
 CREATE TABLE IF NOT EXISTS sluice_consumer_positions (
     consumer_group text NOT NULL,
     topic          text NOT NULL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as redis
@@ -19,15 +19,16 @@ from app.store import jobs
 from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
-from web import target_discovery, views
+from web import job_listing, target_discovery, views
 from web.access import PolicyError, load_policy
 from web.admission import Admission, Backlog, Shares
 from web.idempotency import IdempotencyStore
 from web.metrics_server import metrics_app, metrics_site, refresh_queue_gauges
+from web.openapi import openapi_json
 from web.problems import problem_middleware
 from web.ratelimit import RateLimiter
 from web.readiness import CachedReadiness, readiness_key, service_probe
-from web.security import auth_middleware, build_guard, guard_key, security_headers
+from web.security import OPENAPI_PATH, auth_middleware, build_guard, guard_key, security_headers
 from web.submission import SubmissionContext
 from web.typedefs import (
     admission_key,
@@ -126,6 +127,26 @@ async def _sweep_stalled_jobs(pool: asyncpg.Pool, stall_s: float) -> None:
                                                          "stall_s": stall_s})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def routes() -> list[tuple[str, str, Handler]]:
+    """Every route of the API port: (method, path, handler). The OpenAPI document
+    describes exactly these (tests/unit/web/test_openapi.py)."""
+    return [
+        ("POST", "/v1/bulk-operations", views.submit_bulk_operation),
+        ("GET", "/v1/bulk-operations", job_listing.list_bulk_operations),
+        ("GET", "/v1/bulk-operations/{job_id}", views.get_bulk_operation),
+        ("DELETE", "/v1/bulk-operations/{job_id}", views.abort_bulk_operation),
+        ("GET", "/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results),
+        ("GET", "/v1/targets", target_discovery.list_targets),
+        ("GET", "/v1/targets/{name}", target_discovery.get_target),
+        ("GET", OPENAPI_PATH, views.openapi_view(openapi_json())),
+        ("GET", "/healthz", views.healthz),
+        ("GET", "/readyz", views.readyz),
+    ]
+
+
 def create_web_app(settings: Settings) -> web.Application:
     """Build the HTTP application; resources open when it starts.
 
@@ -148,12 +169,6 @@ def create_web_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(metrics_site(settings.http_host, settings.web_metrics_port,
                                         metrics_app(views.prometheus_metrics)))
-    app.router.add_post("/v1/bulk-operations", views.submit_bulk_operation)
-    app.router.add_get("/v1/bulk-operations/{job_id}", views.get_bulk_operation)
-    app.router.add_delete("/v1/bulk-operations/{job_id}", views.abort_bulk_operation)
-    app.router.add_get("/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results)
-    app.router.add_get("/v1/targets", target_discovery.list_targets)
-    app.router.add_get("/v1/targets/{name}", target_discovery.get_target)
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
+    for method, path, handler in routes():
+        app.router.add_route(method, path, handler)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,7 +19,8 @@ from schemas.vocabulary import JobState, RecordStatus
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.payloads import PayloadReader, media_type_for
-from web.problems import Problem
+from web.payloads.records import PayloadProblem
+from web.problems import Problem, ProblemType
 from web.readiness import readiness_key
 from web.results_stream import stream_results
 from web.security import audit, charge_records, check_target, require_scope
@@ -37,7 +39,8 @@ BODY_CHUNK_BYTES = 256 * 1024
 IDEMPOTENCY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer; orjson writes datetimes as RFC 3339."""
     return web.Response(body=orjson.dumps(body), status=status, headers=headers,
                         content_type="application/json")
 
@@ -53,7 +56,8 @@ def _idempotency_key(request: web.Request) -> str | None:
         if value is not None:
             if not 0 < len(value) <= 255:
                 raise Problem(400, "Bad idempotency key",
-                              "an idempotency key is 1 to 255 characters", slug="bad-idempotency-key")
+                              "an idempotency key is 1 to 255 characters",
+                              slug=ProblemType.BAD_IDEMPOTENCY_KEY)
             return value
     return None
 
@@ -65,7 +69,7 @@ async def _drain_fingerprint(request: web.Request, fingerprint: Fingerprint, lim
         seen += len(chunk)
         if seen > limit:
             raise Problem(413, "Payload too large", f"the body exceeds {limit} bytes",
-                          slug="payload-too-large")
+                          slug=PayloadProblem.TOO_LARGE)
         fingerprint.update(chunk)
 
 
@@ -80,7 +84,7 @@ async def _claim(store: IdempotencyStore, key: str) -> StoredResponse | str | No
         raise Problem(503, "Idempotency store unavailable",
                       "requests with an idempotency key need Redis, which is not answering; "
                       "retry later or send the request without a key",
-                      slug="idempotency-unavailable", headers={"Retry-After": "5"}) from e
+                      slug=ProblemType.IDEMPOTENCY_UNAVAILABLE, headers={"Retry-After": "5"}) from e
 
 
 def _accepted_body(request: web.Request, job_id: str, target: str, operation: str,
@@ -149,7 +153,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
             retry_after = await _lease_remaining(store, key)
             raise Problem(409, "Request in progress",
                           "a request with this idempotency key is still being processed",
-                          slug="idempotency-in-flight", headers={"Retry-After": str(retry_after)})
+                          slug=ProblemType.IDEMPOTENCY_IN_FLIGHT, headers={"Retry-After": str(retry_after)})
         if existing is None:
             # A fresh claim. A job sealed under this key whose answer was never stored (its
             # web process died between sealing and answering) is replayed, not run again.
@@ -159,8 +163,8 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
             if fingerprint.hexdigest() != existing.fingerprint:
                 raise Problem(422, "Idempotency key reused",
                               "this idempotency key was used with a different payload",
-                              slug="idempotency-key-reused")
-            return _json(existing.body, existing.status,
+                              slug=ProblemType.IDEMPOTENCY_KEY_REUSED)
+            return json_answer(existing.body, existing.status,
                          {"Location": existing.location, "Idempotent-Replayed": "true"})
     try:
         async with request.app[admission_key].admit(principal.tenant) as slot:
@@ -204,10 +208,11 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
         except _REDIS_DOWN:
             # The job is accepted; a retry with this key would get 409 until the claim expires.
             log.warning("could not store an idempotent response", extra={"job_id": accepted.job_id})
-    return _json(body, 202, {"Location": links["self"]})
+    return json_answer(body, 202, {"Location": links["self"]})
 
 
-def _job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
+def job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
+    """A job as GET /v1/bulk-operations/{job_id} and the job list show it."""
     return {
         "job_id": job["job_id"],
         "target": job["target"],
@@ -236,14 +241,14 @@ async def _existing_job(request: web.Request, tenant: str) -> dict[str, Any]:
     job_id = request.match_info["job_id"]
     job = await jobs.get_for_tenant(request.app[pool_key], job_id, tenant)
     if job is None or job["state"] == "receiving":
-        raise Problem(404, "Job not found", f"no job {job_id!r}", slug="job-not-found")
+        raise Problem(404, "Job not found", f"no job {job_id!r}", slug=ProblemType.JOB_NOT_FOUND)
     return job
 
 
 async def get_bulk_operation(request: web.Request) -> web.Response:
     """GET /v1/bulk-operations/{job_id}: state, counts and timestamps."""
     principal = require_scope(request, SCOPE_READ)
-    return _json(_job_body(request, await _existing_job(request, principal.tenant)))
+    return json_answer(job_body(request, await _existing_job(request, principal.tenant)))
 
 
 async def abort_bulk_operation(request: web.Request) -> web.Response:
@@ -257,8 +262,8 @@ async def abort_bulk_operation(request: web.Request) -> web.Response:
           records=job["records_received"])
     if aborted is None:
         raise Problem(409, "Job not running", f"the job is {job['state']}; only accepted or "
-                      "processing jobs can be aborted", slug="job-not-running")
-    return _json(_job_body(request, aborted), 202)
+                      "processing jobs can be aborted", slug=ProblemType.JOB_NOT_RUNNING)
+    return json_answer(job_body(request, aborted), 202)
 
 
 async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse:
@@ -268,7 +273,7 @@ async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse
     if status != "all" and status not in jobs.RESULT_STATUSES:
         raise Problem(400, "Bad status filter",
                       f"status must be all or one of {', '.join(jobs.RESULT_STATUSES)}",
-                      slug="bad-status-filter")
+                      slug=ProblemType.BAD_STATUS_FILTER)
     job = await _existing_job(request, principal.tenant)
     # Pages, each read on a connection released before it is written: a client that does
     # not read holds no database connection, and is dropped after the send timeout.
@@ -278,9 +283,19 @@ async def get_bulk_operation_results(request: web.Request) -> web.StreamResponse
                                 send_timeout_s=request.app[settings_key].results_send_timeout_s)
 
 
+def openapi_view(document: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /v1/openapi.json: the API's contract, public like any published document."""
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json",
+                            headers={"Cache-Control": "public, max-age=300"})
+
+    return serve
+
+
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the process is up."""
-    return _json({"status": "ok"})
+    return json_answer({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -288,7 +303,7 @@ async def readyz(request: web.Request) -> web.Response:
     SLUICE_READINESS_CACHE_S; ``Age`` says how long ago)."""
     cached = request.app[readiness_key]
     readiness = await cached.get()
-    return _json({"status": "ready" if readiness.ready else "unavailable",
+    return json_answer({"status": "ready" if readiness.ready else "unavailable",
                   "checks": readiness.by_name},
                  200 if readiness.ready else 503,
                  {"Age": str(int(cached.age_s(readiness))), "Cache-Control": "no-store"})

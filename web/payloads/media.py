@@ -24,6 +24,8 @@ _MEDIA_TYPES: Final = {
     "application/jsonl": MediaType.NDJSON,
     "text/csv": MediaType.CSV,
 }
+MEDIA_TYPE_NAMES: Final = tuple(_MEDIA_TYPES)
+"""Every Content-Type a body may carry, aliases included."""
 
 
 def media_type_for(content_type: str | None) -> MediaType:

@@ -36,6 +36,8 @@ from web.payloads.records import (
 # size limit after at most one step rather than after inflating a whole chunk.
 _INFLATE_STEP: Final = 64 * 1024
 _GZIP_WBITS: Final = 31  # 16 + 15: gzip header and trailer, 32 KiB window
+CONTENT_ENCODINGS: Final = ("identity", "gzip", "x-gzip")
+"""The Content-Encoding values a body may carry."""
 
 
 class PayloadReader:
@@ -64,7 +66,7 @@ class PayloadReader:
         max_record_fields: int = DEFAULT_MAX_RECORD_FIELDS,
     ) -> None:
         encoding = (content_encoding or "identity").strip().lower()
-        if encoding not in ("identity", "gzip", "x-gzip"):
+        if encoding not in CONTENT_ENCODINGS:
             raise PayloadError(
                 415, f"Content-Encoding {echo(encoding)} is not supported; use gzip or identity"
             )
