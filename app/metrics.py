@@ -50,6 +50,11 @@ early_writes = Counter(
 queue_depth = Gauge(
     "sluice_queue_depth_records", "Records accepted but without an outcome yet."
 )
+tenant_queue_depth = Gauge(
+    "sluice_tenant_queue_depth_records",
+    "Records accepted but without an outcome yet, per tenant (a tenant with none is absent).",
+    ["tenant"],
+)
 stalled_jobs = Gauge(
     "sluice_stalled_jobs",
     "Unfinished jobs without progress for SLUICE_JOB_STALL_TIMEOUT_S (alert on > 0).",

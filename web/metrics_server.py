@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
@@ -63,6 +63,7 @@ async def refresh_queue_gauges(read_backlog: Callable[[], Awaitable[Backlog]],
                                every_s: float = QUEUE_GAUGES_REFRESH_S) -> None:
     """Keep the queue gauges current from the backlog admission control reads anyway
     (``Admission.backlog``, cached there), instead of querying it on every scrape."""
+    shown: set[str] = set()
     while True:
         try:
             backlog = await read_backlog()
@@ -71,4 +72,16 @@ async def refresh_queue_gauges(read_backlog: Callable[[], Awaitable[Backlog]],
         else:
             metrics.queue_depth.set(backlog.records)
             metrics.oldest_pending_age.set(backlog.oldest_age_s)
+            shown = show_tenant_depths(backlog.by_tenant, shown)
         await asyncio.sleep(every_s)
+
+
+def show_tenant_depths(by_tenant: Mapping[str, int], shown: set[str]) -> set[str]:
+    """Set each queued tenant's depth and drop the tenants shown before with nothing queued
+    now, so that the series count follows the tenants with work, not every tenant seen."""
+    for tenant, records in by_tenant.items():
+        metrics.tenant_queue_depth.labels(tenant or "-").set(records)
+    now = {tenant or "-" for tenant in by_tenant}
+    for gone in shown - now:
+        metrics.tenant_queue_depth.remove(gone)
+    return now

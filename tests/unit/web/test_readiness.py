@@ -78,3 +78,18 @@ async def test_queue_gauges_are_refreshed_from_the_backlog_in_the_background() -
         task.cancel()
     assert metrics.queue_depth._value.get() == 43
     assert metrics.oldest_pending_age._value.get() == 7.5
+
+
+def test_a_tenant_with_nothing_queued_leaves_the_per_tenant_gauge() -> None:
+    from prometheus_client import REGISTRY
+
+    from web.metrics_server import show_tenant_depths
+
+    def depth(tenant: str) -> float | None:
+        return REGISTRY.get_sample_value("sluice_tenant_queue_depth_records", {"tenant": tenant})
+
+    shown = show_tenant_depths({"acme": 12, "": 3}, set())
+    assert (depth("acme"), depth("-")) == (12, 3)
+    shown = show_tenant_depths({"acme": 5}, shown)
+    assert (depth("acme"), depth("-")) == (5, None)
+    assert show_tenant_depths({}, shown) == set() and depth("acme") is None
