@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -26,14 +25,13 @@ import aiohttp
 import asyncpg
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from app.devtools.devauth import DEV_AUDIENCE, DEV_ISSUER
 from app.devtools.embedded import free_port
 from app.settings import env_var
+from tests.integration.certs import issue
 from tests.integration.conftest import Stack, bearer, second_web, token_for
 from tests.integration.helpers import NDJSON, ndjson, reading, submit
 
@@ -288,28 +286,11 @@ async def test_security_headers_on_every_response(http: aiohttp.ClientSession, p
 
 # TLS ------------------------------------------------------------------------------------------
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    return cert_file, key_file
-
-
 @pytest.fixture(scope="module")
 def tls_web(stack: Stack) -> Iterator[tuple[int, Path]]:
     """A second web process on the session's services, with TLS on."""
     directory = Path(tempfile.mkdtemp(prefix="sluice-tls-"))
-    cert, key = _self_signed(directory)
+    cert, key = issue(directory, "localhost", ["localhost"])
     with second_web(stack, directory / "web.log", tls_cert_file=str(cert),
                     tls_key_file=str(key)) as web:
         yield web.port, cert
