@@ -10,7 +10,11 @@ UV_VERSION := 0.13.9
 UV := $(VENV)/lock-tool/bin/uv
 LOCK_FLAGS ?=
 
-.PHONY: help run test lint bench lock clean
+# Debian packages some tests drive (nginx in front of the web; promtool on the metrics):
+# installed by `make test` when missing and this is root with apt-get, else those tests skip.
+TEST_TOOLS := nginx:nginx promtool:prometheus
+
+.PHONY: help run test test-tools lint bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -24,10 +28,20 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 run: $(STAMP) ## start broker, PostgreSQL, Valkey, worker and web on 127.0.0.1:8080 (SLUICE_BROKER=kafka: Apache Kafka)
 	$(BIN)/sluice run
 
-test: $(STAMP) ## run the whole test suite (embedded services start once per session; the Kafka lane needs a JDK and Maven)
+test: $(STAMP) test-tools ## run the whole test suite (embedded services start once per session; the Kafka lane needs a JDK and Maven)
 	@command -v java >/dev/null && command -v mvn >/dev/null || \
 		echo "*** no JDK or Maven here: the Apache Kafka lane (tests/integration/kafka_lane/) will be SKIPPED ***"
 	$(BIN)/python -m pytest -q -rs
+
+test-tools: ## install the Debian packages of TEST_TOOLS that are missing (root and apt-get only)
+	@missing=""; for tool in $(TEST_TOOLS); do \
+		command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages for the tests:$$missing"; \
+		apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	else echo "*** missing$$missing (Debian packages): their tests will be SKIPPED ***"; fi
 
 lint: $(STAMP) ## ruff and mypy, as CI would
 	$(BIN)/ruff check .
