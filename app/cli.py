@@ -1,4 +1,5 @@
-"""The `sluice` command: run the whole stack, or one worker or web process, or the benchmark."""
+"""The `sluice` command: run the whole stack, or one worker or web process, or the benchmark;
+and, as a client of the API, submit files and follow, list and read jobs."""
 
 from __future__ import annotations
 
@@ -243,9 +244,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="repeatable; the dev policy grants everything to role 'dev'")
     token.add_argument("--ttl", type=int, default=None, help="seconds (default: the maximum lifetime)")
     sub.add_parser("openapi", help="print the HTTP API's OpenAPI 3.1 document")
+    from app.client.commands import CLIENT_COMMANDS, add_client_commands, run_client_command
+
+    add_client_commands(sub)
     args = parser.parse_args(argv)
     handlers = {"run": run_all, "worker": run_worker, "web": run_web, "bench": run_bench,
-                "token": run_token, "openapi": run_openapi}
+                "token": run_token, "openapi": run_openapi,
+                **dict.fromkeys(CLIENT_COMMANDS, run_client_command)}
     return handlers[args.command](args)
 
 

@@ -1,0 +1,1 @@
+"""The client commands of the `sluice` CLI: submit, jobs, results, watch."""

@@ -1,0 +1,77 @@
+"""A file streamed as a request body: its media type from its name, compressed on the way
+when asked, read a chunk at a time so that memory does not grow with the file, and
+counted as it goes so that a progress bar can follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import SluiceError
+
+CHUNK_BYTES = 256 * 1024
+
+_BY_SUFFIX = {".ndjson": "application/x-ndjson", ".jsonl": "application/x-ndjson",
+              ".json": "application/json", ".csv": "text/csv"}
+FORMATS = {"ndjson": "application/x-ndjson", "json": "application/json", "csv": "text/csv"}
+
+
+class Compression(enum.StrEnum):
+    """How the body is encoded on the wire (its Content-Encoding)."""
+
+    NONE = "none"
+    GZIP = "gzip"
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What to send and how to label it."""
+
+    path: Path
+    content_type: str
+    content_encoding: str | None
+    compress: Compression
+    """Compressed here, while read; NONE for a file sent as it is (``.gz`` files included)."""
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+def plan_upload(path: Path, fmt: str | None, compress: Compression) -> Upload:
+    """The upload of ``path``: format from ``fmt`` or the file's suffix (``.gz`` after it
+    means the file is gzip already, sent as it is with ``Content-Encoding: gzip``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    gzipped = bool(suffixes) and suffixes[-1] == ".gz"
+    if gzipped:
+        suffixes = suffixes[:-1]
+    content_type = FORMATS.get(fmt or "") or (_BY_SUFFIX.get(suffixes[-1]) if suffixes else None)
+    if content_type is None:
+        raise SluiceError(f"cannot tell the format of {path.name}: name it .ndjson, .jsonl, "
+                          ".json or .csv, or give --format")
+    if gzipped and compress is not Compression.NONE:
+        raise SluiceError(f"{path.name} is gzip already: leave out --compress")
+    if gzipped:
+        return Upload(path, content_type, "gzip", Compression.NONE)
+    encoding = None if compress is Compression.NONE else compress.value
+    return Upload(path, content_type, encoding, compress)
+
+
+async def body_of(upload: Upload, sent: Callable[[int], None]) -> AsyncIterator[bytes]:
+    """The body, a chunk at a time; ``sent`` is told how many bytes of the file each chunk
+    took (file bytes, not wire bytes, so that the bar ends at the file's size)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if upload.compress is Compression.GZIP else None
+    with upload.path.open("rb") as file:
+        while chunk := await asyncio.to_thread(file.read, CHUNK_BYTES):
+            sent(len(chunk))
+            if compressor is None:
+                yield chunk
+            elif packed := compressor.compress(chunk):
+                yield packed
+    if compressor is not None:
+        yield compressor.flush()
