@@ -197,6 +197,8 @@ ALTER TABLE sluice_consumer_positions ADD COLUMN IF NOT EXISTS owner_epoch bigin
 ALTER TABLE sluice_consumer_positions ADD COLUMN IF NOT EXISTS topic_id text;
 -- A submission still receiving after this moment (database clock) has died: it is failed.
 ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS receive_deadline timestamptz;
+-- The job whose failed records this one sends again (`retry_of`), of the same tenant and target.
+ALTER TABLE sluice_jobs ADD COLUMN IF NOT EXISTS retry_of text;
 -- Records-topic messages that could not be read as envelopes: kept, never silently skipped.
 CREATE TABLE IF NOT EXISTS sluice_undeliverable (
     topic       text NOT NULL,

@@ -59,6 +59,8 @@ class ProblemType(enum.StrEnum):
     JOB_NOT_RUNNING = "job-not-running"
     BAD_STATUS_FILTER = "bad-status-filter"
     BAD_PARAMETER = "bad-parameter"
+    BAD_RETRY_OF = "bad-retry-of"
+    """``retry_of`` names no job of the tenant, or one of another target."""
     TARGET_NOT_FOUND = "target-not-found"
     DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
     NOT_FOUND = "not-found"

@@ -286,7 +286,7 @@ async def submit(
     tenant: str | None = None, principal: str | None = None,
     admit: Callable[[str, str, int], Awaitable[None]] | None = None,
     idempotency_key: str | None = None, fingerprint: Fingerprint | None = None,
-    authorize: Authorize | None = None,
+    authorize: Authorize | None = None, retry_of: str | None = None,
 ) -> Accepted:
     """Run one submission to the point where it is safe to answer 202.
 
@@ -312,7 +312,7 @@ async def submit(
         await jobs.create_receiving(
             ctx.pool, job_id, target.name, operation, records,
             seal_within_s=deadline - loop.time(), tenant=tenant, principal=principal,
-            idempotency_key=idempotency_key)
+            idempotency_key=idempotency_key, retry_of=retry_of)
         recorded = True
 
     outlet = Outlet(ctx, job_id, spool, record_job)

@@ -127,6 +127,21 @@ async def _release(store: IdempotencyStore, key: str) -> None:
         log.warning("could not release an idempotency key; it expires with its TTL")
 
 
+def _bad_retry_of(detail: str) -> Problem:
+    return Problem(422, "Bad retry_of", detail, slug=ProblemType.BAD_RETRY_OF)
+
+
+async def _retried_job(request: web.Request, tenant: str) -> dict[str, Any] | None:
+    """The job ``?retry_of=`` names, which must be one of the tenant's own; None if absent."""
+    job_id = request.query.get("retry_of")
+    if job_id is None:
+        return None
+    job = await jobs.get_for_tenant(request.app[pool_key], job_id[:64], tenant)
+    if job is None or job["state"] == JobState.RECEIVING:
+        raise _bad_retry_of("retry_of names no job of this tenant")
+    return job
+
+
 async def submit_bulk_operation(request: web.Request) -> web.Response:
     """POST /v1/bulk-operations: 202 once every record is durably in Kafka."""
     settings = request.app[settings_key]
@@ -139,12 +154,15 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
         known_target(request.app[submission_key].targets, query_target)
         check_target(request, principal, query_target,
                      query_operation if query_operation in ("insert", "upsert", "delete") else None)
+    retried = await _retried_job(request, principal.tenant)
     key = _idempotency_key(request)
     if key is not None:
         key = tenant_scoped(principal.tenant, key)
     fingerprint = Fingerprint(
         request.path, query_target or "", query_operation or "", media_type.value,
         request.headers.get("Content-Encoding", ""),
+        # Only when given, so that fingerprints stored before retry_of existed still match.
+        *([retried["job_id"]] if retried else []),
     )
     store = request.app[idempotency_key]
     if key is not None:
@@ -180,6 +198,9 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
             )
             async def admit(target: str, operation: str, records: int) -> None:
                 check_target(request, principal, target, operation)
+                if retried is not None and retried["target"] != target:
+                    raise _bad_retry_of(f"job {retried['job_id']} wrote {retried['target']!r}, "
+                                        "not this target")
                 await charge_records(request, principal, records)
                 slot.charge(records)  # the tenant's queue share counts them from now on
 
@@ -192,6 +213,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                 # A target named in the body is authorised before its records are read.
                 authorize=lambda target, operation: check_target(
                     request, principal, target, operation),
+                retry_of=retried["job_id"] if retried else None,
             )
     except BaseException:
         if key is not None:
@@ -228,6 +250,7 @@ def job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
         },
         "reason": job["reason"],
         "stalled_since": job.get("stalled_since"),
+        "retry_of": job.get("retry_of"),
         "created_at": job["created_at"],
         "accepted_at": job["accepted_at"],
         "updated_at": job["updated_at"],

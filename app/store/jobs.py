@@ -50,6 +50,7 @@ async def create_receiving(
     pool: asyncpg.Pool, job_id: str, target: str, operation: str, records: int,
     *, seal_within_s: float, tenant: str | None = None, principal: str | None = None,
     idempotency_key: str | None = None, request_fingerprint: str | None = None,
+    retry_of: str | None = None,
 ) -> None:
     """-> receiving: a submission whose envelopes are about to be produced (held until sealed;
     ``records`` so far: a big payload's job is recorded while it is parsed).
@@ -59,14 +60,15 @@ async def create_receiving(
     still_receiving): the web process and the workers judge it by one clock.
     ``tenant`` owns the job: only that tenant sees it over HTTP. ``principal`` is who submitted it.
     ``idempotency_key`` (hashed) and ``request_fingerprint`` let a retry find the job.
+    ``retry_of``: the job whose failed records this one sends again.
     """
     await pool.execute(
         "INSERT INTO sluice_jobs (job_id, target, operation, source, state, records_received,"
-        " tenant, principal, idempotency_key, request_fingerprint, receive_deadline)"
+        " tenant, principal, idempotency_key, request_fingerprint, receive_deadline, retry_of)"
         f" VALUES ($1, $2, $3, '{_HTTP}', '{_RECEIVING}', $4, $5, $6, $7, $8,"
-        " now() + make_interval(secs => $9))",
+        " now() + make_interval(secs => $9), $10)",
         job_id, target, operation, records, tenant, principal, idempotency_key, request_fingerprint,
-        max(0.0, seal_within_s) + SEAL_GRACE_S,
+        max(0.0, seal_within_s) + SEAL_GRACE_S, retry_of,
     )
 
 
