@@ -17,8 +17,8 @@ import orjson
 
 from schemas.vocabulary import JobSource, JobState, Operation, RecordStatus
 from web.job_listing import DEFAULT_PAGE, LISTED_STATES, MAX_PAGE
+from web.payloads.encodings import CONTENT_ENCODINGS
 from web.payloads.media import MEDIA_TYPE_NAMES, MediaType, media_type_for
-from web.payloads.reader import CONTENT_ENCODINGS
 from web.payloads.records import PayloadProblem
 from web.problems import (
     ALL_PROBLEM_TYPES,

@@ -11,8 +11,16 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import brotli
 
 from app.errors import SluiceError
+
+try:  # Python 3.14's own module; the backport of it before that
+    from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    from backports import zstd  # type: ignore[no-redef,unused-ignore]
 
 CHUNK_BYTES = 256 * 1024
 
@@ -26,6 +34,50 @@ class Compression(enum.StrEnum):
 
     NONE = "none"
     GZIP = "gzip"
+    BROTLI = "br"
+    ZSTD = "zstd"
+
+
+class _Packer(Protocol):
+    def pack(self, data: bytes) -> bytes: ...
+    def end(self) -> bytes: ...
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self._zlib = zlib.compressobj(6, zlib.DEFLATED, 31)
+
+    def pack(self, data: bytes) -> bytes:
+        return self._zlib.compress(data)
+
+    def end(self) -> bytes:
+        return self._zlib.flush()
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._brotli = brotli.Compressor(quality=5)  # 11 would cost the upload its speed
+
+    def pack(self, data: bytes) -> bytes:
+        return bytes(self._brotli.process(data))
+
+    def end(self) -> bytes:
+        return bytes(self._brotli.finish())
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self._zstd = zstd.ZstdCompressor()
+
+    def pack(self, data: bytes) -> bytes:
+        return bytes(self._zstd.compress(data))
+
+    def end(self) -> bytes:
+        return bytes(self._zstd.flush())
+
+
+_PACKERS: dict[Compression, Callable[[], _Packer]] = {
+    Compression.GZIP: _Gzip, Compression.BROTLI: _Brotli, Compression.ZSTD: _Zstd}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +117,13 @@ def plan_upload(path: Path, fmt: str | None, compress: Compression) -> Upload:
 async def body_of(upload: Upload, sent: Callable[[int], None]) -> AsyncIterator[bytes]:
     """The body, a chunk at a time; ``sent`` is told how many bytes of the file each chunk
     took (file bytes, not wire bytes, so that the bar ends at the file's size)."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if upload.compress is Compression.GZIP else None
+    packer = _PACKERS[upload.compress]() if upload.compress is not Compression.NONE else None
     with upload.path.open("rb") as file:
         while chunk := await asyncio.to_thread(file.read, CHUNK_BYTES):
             sent(len(chunk))
-            if compressor is None:
+            if packer is None:
                 yield chunk
-            elif packed := compressor.compress(chunk):
+            elif packed := packer.pack(chunk):
                 yield packed
-    if compressor is not None:
-        yield compressor.flush()
+    if packer is not None:
+        yield packer.end()

@@ -73,7 +73,7 @@ async def test_submit_watch_shows_the_summary_writes_the_failures_and_exits_3(
         tmp_path / "failed.ndjson").read_bytes()
 
 
-async def test_gzip_files_and_compression_on_the_way_complete_and_exit_0(
+async def test_gzip_files_and_br_gzip_zstd_on_the_way_complete_and_exit_0(
     stack: Stack, tmp_path: Path
 ) -> None:
     tag = f"cli-gz-{uuid.uuid4().hex[:6]}"
@@ -83,7 +83,9 @@ async def test_gzip_files_and_compression_on_the_way_complete_and_exit_0(
     csv = tmp_path / "rows.csv"
     csv.write_text("sensor_id,sampled_at,value\n" + "".join(
         f"{tag}-csv,2026-02-01T00:00:{i:02d}Z,{i}\n" for i in range(60)))
-    for args in (["plain.ndjson", "--compress", "gzip"], ["rows.csv", "--compress", "gzip"]):
+    # Sent again, the same records are duplicates: the job still completes.
+    for args in (["plain.ndjson", "--compress", "gzip"], ["rows.csv", "--compress", "gzip"],
+                 ["plain.ndjson", "--compress", "br"], ["rows.csv", "--compress", "zstd"]):
         done = await run(stack, "submit", *args, "--target", "sensor_readings", "--watch",
                          cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr

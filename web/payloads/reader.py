@@ -1,8 +1,7 @@
-"""PayloadReader: a request body in (size-limited, gunzipped), records out by its media type."""
+"""PayloadReader: a request body in (size-limited, decompressed), records out by its media type."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Final, cast
@@ -11,8 +10,8 @@ import ijson
 import orjson
 
 from app.errors import SluiceError
-from web.echo import echo
 from web.payloads.csv_format import CsvFramer
+from web.payloads.encodings import decoder_for
 from web.payloads.json_format import JsonFramer
 from web.payloads.limits import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -32,12 +31,9 @@ from web.payloads.records import (
     RecordCode,
 )
 
-# Each inflate step yields at most this much, so a gzip bomb is caught by the
+# Each decompression step yields at most about this much, so a bomb is caught by the
 # size limit after at most one step rather than after inflating a whole chunk.
 _INFLATE_STEP: Final = 64 * 1024
-_GZIP_WBITS: Final = 31  # 16 + 15: gzip header and trailer, 32 KiB window
-CONTENT_ENCODINGS: Final = ("identity", "gzip", "x-gzip")
-"""The Content-Encoding values a body may carry."""
 
 
 class PayloadReader:
@@ -65,16 +61,11 @@ class PayloadReader:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         max_record_fields: int = DEFAULT_MAX_RECORD_FIELDS,
     ) -> None:
-        encoding = (content_encoding or "identity").strip().lower()
-        if encoding not in CONTENT_ENCODINGS:
-            raise PayloadError(
-                415, f"Content-Encoding {echo(encoding)} is not supported; use gzip or identity"
-            )
+        self._decoder = decoder_for(content_encoding)
         if max_bytes < 1 or max_record_bytes < 1 or max_record_fields < 1:
             raise SluiceError("max_bytes, max_record_bytes and max_record_fields must be positive")
         self._chunks = chunks
         self._media_type = media_type
-        self._gzip = encoding != "identity"
         self._max_bytes = max_bytes
         self._max_record_bytes = max_record_bytes
         self._max_record_fields = max_record_fields
@@ -120,14 +111,14 @@ class PayloadReader:
             raise PayloadError(413, f"the body exceeds {self._max_bytes} bytes")
 
     async def _body(self) -> AsyncGenerator[bytes, None]:
-        """The decompressed body, in pieces of bounded size when it was gzipped."""
-        if not self._gzip:
+        """The decoded body, in pieces of bounded size when it was compressed."""
+        decoder = self._decoder
+        if decoder is None:
             async for chunk in self._chunks:
                 if chunk:
                     self._count(len(chunk))
                     yield chunk
             return
-        inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
         started = False
         async for chunk in self._chunks:
             if not chunk:
@@ -135,23 +126,17 @@ class PayloadReader:
             started = True
             data = chunk
             while True:
-                if inflater.eof:  # RFC 1952 allows several gzip members back to back
-                    inflater = zlib.decompressobj(wbits=_GZIP_WBITS)
-                # +1: inflating one byte past the limit is how we notice it.
+                # +1: decoding one byte past the limit is how we notice it.
                 allowance = min(_INFLATE_STEP, self._max_bytes - self.bytes_read + 1)
-                try:
-                    piece = inflater.decompress(data, allowance)
-                except zlib.error:
-                    raise PayloadError(400, "the body is not valid gzip") from None
+                piece = decoder.step(data, allowance)
+                data = b""
                 if piece:
                     self._count(len(piece))
                     yield piece
-                data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
-                # A full allowance may leave output pending inside zlib: go round again.
-                if not data and (inflater.eof or len(piece) < allowance):
+                if decoder.wants_input:
                     break
-        if started and not inflater.eof:
-            raise PayloadError(400, "the gzip body is truncated")
+        if started and not decoder.finished:
+            raise PayloadError(400, f"the {decoder.name} body is truncated")
 
     async def _lines(self, splitter: LineSplitter) -> AsyncIterator[list[bytes]]:
         # aclosing: a consumer stopping early (PayloadError) closes the body now,

@@ -577,7 +577,7 @@ async def test_gzip_bomb_is_413_without_inflating_it() -> None:
     assert peak < 4 << 20
 
 
-@pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "gzip, br", "zstd"])
+@pytest.mark.parametrize("encoding", ["deflate", "compress", "gzip, br", "lz4"])
 def test_unsupported_content_encoding_is_415(encoding: str) -> None:
     with pytest.raises(PayloadError) as caught:
         _reader(b"", NDJSON, content_encoding=encoding)

@@ -8,6 +8,7 @@ import gzip
 from collections import Counter
 from pathlib import Path
 
+import brotli
 import pytest
 from rich.console import Console
 
@@ -16,6 +17,11 @@ from app.client.display import settled, summary_table
 from app.client.upload import Compression, body_of, plan_upload
 from app.errors import SluiceError
 from schemas.vocabulary import JobState
+
+try:
+    from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    from backports import zstd  # type: ignore[no-redef,unused-ignore]
 
 
 @pytest.mark.parametrize(("name", "fmt", "content_type", "encoding"), [
@@ -59,9 +65,12 @@ def test_the_body_is_the_file_compressed_or_not_and_counted_in_file_bytes(tmp_pa
     path.write_bytes(content)
     plain, counted = _body(path, Compression.NONE)
     assert plain == content and counted == len(content)
-    packed, counted = _body(path, Compression.GZIP)
-    assert gzip.decompress(packed) == content and counted == len(content)
-    assert len(packed) < len(content) / 4
+    for compress, unpack in ((Compression.GZIP, gzip.decompress),
+                             (Compression.BROTLI, brotli.decompress),
+                             (Compression.ZSTD, zstd.decompress)):
+        packed, counted = _body(path, compress)
+        assert unpack(packed) == content and counted == len(content)
+        assert len(packed) < len(content) / 4
 
 
 @pytest.mark.parametrize(("state", "status"), [
