@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     # 100 KB) is ended and its connection dropped: a client that stops reading holds a
     # socket and one page of memory for at most this long, never a database connection.
     results_send_timeout_s: float = Field(30.0, gt=0)
+    # `Prefer: wait=N` (RFC 7240): a submission whose body is at most this many bytes
+    # (decoded) is answered 200 with its outcome if its job ends within N seconds, N at
+    # most prefer_wait_max_s; a bigger one, or a job still running then, gets the usual 202.
+    prefer_wait_max_s: float = Field(30.0, ge=0, le=300)
+    prefer_wait_max_body_bytes: int = Field(5 * 1024 * 1024, ge=0)
+    # Failed result lines in such a 200, at most (the rest through the results link).
+    prefer_wait_max_results: int = Field(1000, ge=0)
 
     # --- topics ---
     topic_prefix: str = "sluice"

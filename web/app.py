@@ -23,6 +23,7 @@ from web import job_listing, target_discovery, views
 from web.access import PolicyError, load_policy
 from web.admission import Admission, Backlog, Shares
 from web.idempotency import IdempotencyStore
+from web.job_endings import JobEndings, job_endings_key
 from web.metrics_server import metrics_app, metrics_site, refresh_queue_gauges
 from web.openapi import openapi_json
 from web.problems import problem_middleware
@@ -85,6 +86,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     app[readiness_key] = CachedReadiness(service_probe(pool, client, producer),
                                          ttl_s=settings.readiness_cache_s)
+    app[job_endings_key] = endings = JobEndings(pool, dsn)
+    endings.start()
     sweeper = asyncio.create_task(_sweep_stalled_jobs(pool, settings.job_stall_timeout_s))
     gauges = asyncio.create_task(refresh_queue_gauges(app[admission_key].backlog))
     log.info("web resources ready", extra={"targets": sorted(targets)})
@@ -95,6 +98,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await endings.stop()
         await producer.stop()
         await client.aclose()
         await pool.close()

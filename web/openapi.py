@@ -184,6 +184,18 @@ def _component_schemas() -> _Schema:
                 "links": _ref("JobLinks"),
             },
         },
+        "JobOutcome": {
+            "allOf": [_ref("Job"), {
+                "type": "object", "required": ["results", "results_truncated"],
+                "properties": {
+                    "results": {"type": "array", "items": _ref("Result"),
+                                "description": "The failed records' result lines, in index "
+                                               "order (at most SLUICE_PREFER_WAIT_MAX_RESULTS)."},
+                    "results_truncated": {"type": "boolean",
+                                          "description": "More failed lines than shown: "
+                                                         "read them at links.results."},
+                }}],
+        },
         "JobList": {
             "type": "object", "required": ["jobs", "links"],
             "properties": {
@@ -295,6 +307,10 @@ def _paths() -> _Schema:
          "description": "A job of the caller's tenant, of the same target, whose failed "
                         "records this submission sends again (shown as the job's `retry_of`).",
          "schema": {"type": "string"}},
+        {"name": "Prefer", "in": "header", "required": False,
+         "description": "RFC 7240 `wait=N`: answer 200 with the job's outcome if it ends "
+                        "within N seconds (capped; small bodies only), else the usual 202.",
+         "schema": {"type": "string"}, "examples": {"wait": {"value": "wait=10"}}},
         {"name": "Idempotency-Key", "in": "header", "required": False,
          "description": "Replays the first answer for 24 h (also `X-Idempotency-Key`).",
          "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
@@ -317,7 +333,14 @@ def _paths() -> _Schema:
                     MediaType.CSV.value: {"schema": {
                         "type": "string", "description": "A header row, then one row per record."}},
                 }},
-                "responses": _responses("submitBulkOperation", {"202": {
+                "responses": _responses("submitBulkOperation", {"200": {
+                    "description": "With `Prefer: wait=N`: the job ended within N seconds "
+                                   "(a body of at most SLUICE_PREFER_WAIT_MAX_BODY_BYTES).",
+                    "headers": {"Location": {"schema": {"type": "string"}},
+                                "Preference-Applied": {"schema": {"type": "string"}}},
+                    "content": _json_content(_ref("JobOutcome")),
+                    "links": {"GetResults": _job_links()["GetResults"]},
+                }, "202": {
                     "description": "Accepted: every record is in Kafka; the job runs.",
                     "headers": {"Location": {"schema": {"type": "string"}}},
                     "content": _json_content(_ref("Accepted")),

@@ -18,11 +18,12 @@ from app.store import jobs, ledger
 from schemas.vocabulary import JobState, RecordStatus
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
+from web.job_endings import job_endings_key, preferred_wait_s
 from web.payloads import PayloadReader, media_type_for
 from web.payloads.records import PayloadProblem
 from web.problems import Problem, ProblemType
 from web.readiness import readiness_key
-from web.results_stream import stream_results
+from web.results_stream import render_page, stream_results
 from web.security import audit, charge_records, check_target, require_scope
 from web.submission import body_chunks, known_target, submit
 from web.typedefs import (
@@ -225,12 +226,42 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                           accepted.records)
     links = body["links"]
     if key is not None:
-        try:
-            await store.complete(key, StoredResponse(fingerprint.hexdigest(), 202, body, links["self"]))
-        except _REDIS_DOWN:
-            # The job is accepted; a retry with this key would get 409 until the claim expires.
-            log.warning("could not store an idempotent response", extra={"job_id": accepted.job_id})
+        # Stored before any wait: a retry with the key replays the 202 (see the README).
+        await _store_answer(store, key, StoredResponse(fingerprint.hexdigest(), 202, body,
+                                                       links["self"]), accepted.job_id)
+    wait_s = preferred_wait_s(request.headers.get("Prefer"), settings.prefer_wait_max_s)
+    if wait_s is not None and reader.bytes_read <= settings.prefer_wait_max_body_bytes:
+        ended = await request.app[job_endings_key].wait(accepted.job_id, principal.tenant, wait_s)
+        if ended is not None:
+            return json_answer(await _outcome_body(request, ended), 200,
+                               {"Location": links["self"],
+                                "Preference-Applied": f"wait={int(wait_s)}"})
     return json_answer(body, 202, {"Location": links["self"]})
+
+
+async def _store_answer(store: IdempotencyStore, key: str, answer: StoredResponse,
+                        job_id: str) -> None:
+    try:
+        await store.complete(key, answer)
+    except _REDIS_DOWN:
+        # The job is accepted; a retry with this key would get 409 until the claim expires.
+        log.warning("could not store an idempotent response", extra={"job_id": job_id})
+
+
+async def _outcome_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
+    """An ended job as GET shows it, with its failed result lines (at most
+    prefer_wait_max_results; ``results_truncated`` says when there are more)."""
+    limit = request.app[settings_key].prefer_wait_max_results
+    lines: list[orjson.Fragment] = []
+    if job["failed"] and limit:
+        # Left early, the pages hold nothing: each is read on a connection released before it.
+        async for page in ledger.iter_outcomes(request.app[pool_key], job["job_id"],
+                                               RecordStatus.FAILED):
+            lines.extend(orjson.Fragment(line) for line in render_page(page).splitlines())
+            if len(lines) >= limit:
+                break
+    return {**job_body(request, job), "results": lines[:limit],
+            "results_truncated": job["failed"] > min(len(lines), limit)}
 
 
 def job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:

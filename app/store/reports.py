@@ -28,11 +28,19 @@ CREATE INDEX IF NOT EXISTS sluice_report_outbox_unsent
     ON sluice_report_outbox (created_at) WHERE sent_at IS NULL;
 """
 
+JOB_ENDED_CHANNEL = "sluice_job_ended"
+"""Notified (payload: the job id), at the commit, when a job's report is queued: the job
+has just ended. A web process answering ``Prefer: wait`` listens (web/job_endings.py)."""
+
 _ENQUEUE = """
-INSERT INTO sluice_report_outbox (job_id, snapshot)
-SELECT j.job_id, to_jsonb(j) FROM sluice_jobs j
-WHERE j.job_id = ANY($1::text[]) AND j.state = ANY($2::text[])
-ON CONFLICT (job_id) DO NOTHING
+WITH queued AS (
+    INSERT INTO sluice_report_outbox (job_id, snapshot)
+    SELECT j.job_id, to_jsonb(j) FROM sluice_jobs j
+    WHERE j.job_id = ANY($1::text[]) AND j.state = ANY($2::text[])
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id
+)
+SELECT count(pg_notify($3, job_id)) FROM queued
 """
 _TERMINAL = sorted(TERMINAL_STATES)
 
@@ -44,7 +52,7 @@ async def enqueue_terminal(conn: asyncpg.Connection, job_ids: Iterable[str]) -> 
     """
     ids = sorted(set(job_ids))
     if ids:
-        await conn.execute(_ENQUEUE, ids, _TERMINAL)
+        await conn.fetchval(_ENQUEUE, ids, _TERMINAL, JOB_ENDED_CHANNEL)
 
 
 async def claim_unsent(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:

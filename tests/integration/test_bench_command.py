@@ -40,6 +40,9 @@ def test_bench_prints_every_figure_as_json() -> None:
     small = figures["small_jobs"]
     assert (small["jobs"], small["records"], small["clients"]) == (24, 1200, 4)
     assert small["states"] == ["completed"] and 0 < small["p50_s"] <= small["p99_s"] <= small["max_s"]
+    inline = figures["small_jobs_inline"]
+    assert (inline["jobs"], inline["states"]) == (24, ["completed"])
+    assert inline["answered_inline"] == 24  # 50-record jobs end well within 30 s
     # The bench's own rate limits admit its clients: nothing was refused and retried.
     assert small["retries"] == {} and single["retries"] == {}
     csv = figures["csv"]

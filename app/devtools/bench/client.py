@@ -99,6 +99,19 @@ async def submit(http: aiohttp.ClientSession, base_url: str, body: bytes, retrie
     return str(answer["job_id"])
 
 
+async def submit_and_wait(http: aiohttp.ClientSession, base_url: str, body: bytes,
+                          retries: Retries, wait_s: int) -> tuple[str, dict[str, Any] | None]:
+    """POST with ``Prefer: wait``: the job id, and the ended job when it was answered 200
+    (None when the service answered 202: the job did not end within ``wait_s``)."""
+    status, answer = await _request(
+        http, "POST", f"{base_url}/v1/bulk-operations", retries,
+        params={"target": TARGET, "operation": "insert"}, data=body,
+        headers={"Content-Type": NDJSON, "Prefer": f"wait={wait_s}"})
+    if status not in (200, 202):
+        raise BenchError(f"submission refused: {status} {answer}")
+    return str(answer["job_id"]), (answer if status == 200 else None)
+
+
 async def job(http: aiohttp.ClientSession, base_url: str, job_id: str, retries: Retries) -> dict[str, Any]:
     """The job's state and counts now."""
     status, answer = await _request(http, "GET", f"{base_url}/v1/bulk-operations/{job_id}", retries)

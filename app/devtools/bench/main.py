@@ -139,6 +139,10 @@ async def _other_runs(services: BenchServices, pipeline: Pipeline, args: argpars
         small = await small_jobs_run(pipeline, f"{tag}-j", args.small_jobs, args.small_job_records,
                                      args.small_clients)
         figures["small_jobs"] = small.as_doc()
+        say("the same, each client asking to be answered at the job's end (Prefer: wait)")
+        inline = await small_jobs_run(pipeline, f"{tag}-w", args.small_jobs,
+                                      args.small_job_records, args.small_clients, inline=True)
+        figures["small_jobs_inline"] = inline.as_doc()
     if args.producer_records > 0:
         say(f"{args.producer_records:,} records straight to the input topic")
         produced = await scenarios.producer_run(pipeline, services.kafka, services.dsn,

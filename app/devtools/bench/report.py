@@ -58,13 +58,22 @@ def _runs(figures: dict[str, Any]) -> list[str]:
     return [*_table(("run", "records", "MB", "to 202 s", "end to end s", "records/s"), rows), *notes]
 
 
-def _small_jobs(small: dict[str, Any]) -> list[str]:
-    ms = {k: f"{small[k] * 1000:.0f}" for k in ("p50_s", "p90_s", "p99_s", "max_s")}
-    return ["", f"small jobs: {small['label']}, each client polling its job every "
-            f"{small['poll_s'] * 1000:.0f} ms to the end before sending the next",
-            *_table(("jobs", "records", "seconds", "records/s", "p50 ms", "p90 ms", "p99 ms", "max ms"),
-                    [(_n(small["jobs"]), _n(small["records"]), f"{small['total_s']:.2f}",
-                      _n(small["records_per_s"]), ms["p50_s"], ms["p90_s"], ms["p99_s"], ms["max_s"])])]
+def _small_jobs(small: dict[str, Any], inline: dict[str, Any] | None) -> list[str]:
+    def row(run: dict[str, Any], how: str) -> tuple[str, ...]:
+        ms = {k: f"{run[k] * 1000:.0f}" for k in ("p50_s", "p90_s", "p99_s", "max_s")}
+        return (how, _n(run["jobs"]), _n(run["records"]), f"{run['total_s']:.2f}",
+                _n(run["records_per_s"]), ms["p50_s"], ms["p90_s"], ms["p99_s"], ms["max_s"])
+
+    rows = [row(small, f"polls every {small['poll_s'] * 1000:.0f} ms")]
+    notes = []
+    if inline:
+        rows.append(row(inline, "Prefer: wait"))
+        notes.append(f"  Prefer: wait answered {_n(inline['answered_inline'])} of "
+                     f"{_n(inline['jobs'])} jobs 200 at their end (the others 202, then polled)")
+    return ["", f"small jobs: {small['label']}, each client waiting for its job's end before "
+            "sending the next; latency is POST to knowing the end",
+            *_table(("client", "jobs", "records", "seconds", "records/s", "p50 ms", "p90 ms",
+                     "p99 ms", "max ms"), rows), *notes]
 
 
 def _long(long: dict[str, Any]) -> list[str]:
@@ -112,7 +121,7 @@ def render(figures: dict[str, Any]) -> str:
     """Every figure of one bench run, as aligned plain-text tables."""
     out = [f"Sluice benchmark, {figures['machine']}", "", *_runs(figures), *_retries(figures)]
     if small := figures.get("small_jobs"):
-        out += _small_jobs(small)
+        out += _small_jobs(small, figures.get("small_jobs_inline"))
     if long := figures.get("long"):
         out += _long(long)
     if kafka := figures.get("kafka"):

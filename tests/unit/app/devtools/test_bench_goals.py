@@ -151,9 +151,12 @@ def test_percentile_is_nearest_rank_over_measured_values() -> None:
 def test_render_shows_small_jobs_long_run_csv_rows_retries_and_a_tally() -> None:
     figures = _figures()
     figures["small_jobs"] = {**figures["small_jobs"], "retries": {"429": 3}}
+    figures["small_jobs_inline"] = {**figures["small_jobs"], "p50_s": 0.061, "answered_inline": 998}
     figures["targets"] = targets(figures)
     text = render(figures)
-    assert "small jobs: 1,000 jobs x 200 records, 40 clients, each client polling its job every 20 ms" in text
+    assert "small jobs: 1,000 jobs x 200 records, 40 clients, each client waiting for its job's end" in text
+    assert "polls every 20 ms" in text and "Prefer: wait" in text and " 61 " in text
+    assert "Prefer: wait answered 998 of 1,000 jobs 200 at their end" in text
     assert "requests retried after 429/503: small_jobs 3 (429: 3)" in text
     assert "Sluice, 1,000-row CSV" in text and "pgloader" in text
     assert "long run: 3,000 records as 3 payloads" in text
