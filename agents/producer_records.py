@@ -4,7 +4,9 @@ Producer messages carry one record each, JSON or (by content-type header) schema
 Avro; the operation comes from a header, and must be one the topic accepts
 (``SLUICE_INPUT_OPERATIONS``, inserts only by default). A record that cannot be decoded
 or validated, or asks for an operation its topic does not accept, becomes a failed item,
-reported like any other failed record, never dropped and never applied.
+reported like any other failed record, never dropped and never applied. Its envelope
+carries it as received (``schemas.received``): a JSON message's text, or an Avro one's
+decoded value as JSON (none when it does not decode).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from app.input_policy import OPERATION_NOT_ALLOWED, InputOperations
 from app.topics import TopicNames
 from schemas.envelope import Envelope, Item
 from schemas.preparation import OPERATIONS, RecordPreparer
+from schemas.received import RecordText, json_text, record_text
 from schemas.targets import Target
 
 OPERATION_HEADER = "sluice-operation"
@@ -66,15 +69,18 @@ class ProducerRecordDecoder:
         """The target whose input topic this is."""
         return self._target_of_topic[topic]
 
-    def decode(self, topic: str, offset: int, value: bytes, headers: Any) -> tuple[str, int, Item]:
-        """Return (operation, partition, item); a bad record becomes a failed item."""
+    def decode(self, topic: str, offset: int, value: bytes, headers: Any
+               ) -> tuple[str, int, Item, RecordText | None]:
+        """Return (operation, partition, item, text); a bad record becomes a failed item, with
+        its text as received (the module docstring says which)."""
         target = self._target_of_topic[topic]
         operation = _header(headers, OPERATION_HEADER) or DEFAULT_OPERATION
+        avro = _header(headers, CONTENT_TYPE_HEADER) in AVRO_CONTENT_TYPES
         if operation not in OPERATIONS:
             return DEFAULT_OPERATION, offset % self._partitions, Item(
                 offset, None, "unknown_operation",
                 f"header {OPERATION_HEADER} must be one of {', '.join(OPERATIONS)}",
-            )
+            ), self._text(target, value, avro)
         accepted = self._accepted[topic]
         if operation not in accepted:
             # Under its own operation, so that the audit and the results say what was asked.
@@ -82,25 +88,37 @@ class ProducerRecordDecoder:
                 offset, None, OPERATION_NOT_ALLOWED,
                 f"this input topic does not accept {operation}; it accepts "
                 f"{', '.join(sorted(accepted)) or 'nothing'} (SLUICE_INPUT_OPERATIONS)",
-            )
+            ), self._text(target, value, avro)
         preparer = self._preparers.get((target.name, operation))
         if preparer is None:
             preparer = RecordPreparer(target, operation, self._partitions)
             self._preparers[(target.name, operation)] = preparer
-        avro = _header(headers, CONTENT_TYPE_HEADER) in AVRO_CONTENT_TYPES
         if not avro and (row := preparer.decode_json(value)) is not None:
-            return (operation, *preparer.place(offset, row))
+            return (operation, *preparer.place(offset, row), None)
         try:
-            if avro:
-                raw = fastavro.schemaless_reader(io.BytesIO(value), self._avro[target.name])
-            else:
-                raw = orjson.loads(value)
+            raw = self._decoded(target, value, avro)
         except Exception as e:  # noqa: BLE001 - any decoder failure is this record's failure
             return operation, offset % self._partitions, Item(
                 offset, None, "malformed_record", f"cannot decode message: {type(e).__name__}"
-            )
+            ), None if avro else record_text(value)
         partition, item = preparer.prepare(offset, raw)
-        return operation, partition, item
+        if item.row is not None:
+            return operation, partition, item, None
+        return operation, partition, item, json_text(raw) if avro else record_text(value)
+
+    def _decoded(self, target: Target, value: bytes, avro: bool) -> Any:
+        if avro:
+            return fastavro.schemaless_reader(io.BytesIO(value), self._avro[target.name])
+        return orjson.loads(value)
+
+    def _text(self, target: Target, value: bytes, avro: bool) -> RecordText | None:
+        """A refused message's text: as it came for JSON, decoded for Avro (None if it is not)."""
+        if not avro:
+            return record_text(value)
+        try:
+            return json_text(self._decoded(target, value, avro))
+        except Exception:  # noqa: BLE001 - binary that is not Avro: nothing to show
+            return None
 
 
 def stream_job_id(topic: str, partition: int, topic_id: str) -> str:
@@ -122,15 +140,15 @@ def envelopes_for(
     would apply both inserts before the delete).
     """
     envelopes: list[tuple[int, Envelope]] = []
-    open_runs: dict[tuple[str, int, int], tuple[str, list[Item]]] = {}
+    open_runs: dict[tuple[str, int, int], tuple[str, list[Item], dict[int, RecordText]]] = {}
     for message in messages:
-        operation, partition, item = decoder.decode(
+        operation, partition, item, text = decoder.decode(
             message.topic, message.offset, message.value or b"", message.headers
         )
         stream = (message.topic, message.partition, partition)
         run = open_runs.get(stream)
         if run is None or run[0] != operation:
-            run = (operation, [])
+            run = (operation, [], {})
             open_runs[stream] = run
             envelopes.append((partition, Envelope(
                 job_id=stream_job_id(message.topic, message.partition, topic_ids[message.topic]),
@@ -139,8 +157,11 @@ def envelopes_for(
                 items=run[1],
                 source_topic=message.topic,
                 source_partition=message.partition,
+                received=run[2],
             )))
         run[1].append(item)
+        if text is not None:
+            run[2][item.index] = text
         if tally is not None:
             tally.count(message.topic, decoder.target_for(message.topic).name, operation,
                         asserted_principal(message.headers), item)

@@ -8,18 +8,24 @@ web encodes a row with no per-value Python at all, and ``fromisoformat`` (C) rea
 value back three times faster than version 1's epoch microseconds were turned into a
 datetime. Version 1 envelopes (epoch microseconds, epoch days) are still read, so
 records written before an upgrade are applied after it.
+
+Records that failed at the ingress travel with their text as received (``schemas.received``)
+in a member of their own, ``"rec"``, beside the items: items keep their four members, so
+a worker of the release before, which unpacks four and ignores other members, still
+applies a newer web's envelopes (their failures then come without their records).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
 
 from app.errors import SluiceError
+from schemas.received import RecordText
 from schemas.targets import ColumnType, Target
 
 ENVELOPE_VERSION = 2
@@ -98,6 +104,15 @@ class Envelope:
     source_topic: str | None = None
     """Set for records that producers wrote to an input topic."""
     source_partition: int | None = None
+    received: Mapping[int, RecordText] = field(default_factory=dict)
+    """The record as received of failed items, by index (those that have one)."""
+
+    def with_items(self, items: Sequence[Item]) -> Envelope:
+        """The envelope holding only ``items`` (some of its own), with their records."""
+        received = self.received
+        if received:
+            received = {i.index: received[i.index] for i in items if i.index in received}
+        return replace(self, items=items, received=received)
 
 
 def _from_v1(column_type: ColumnType) -> Callable[[Any], Any] | None:
@@ -143,18 +158,19 @@ class EnvelopeCodec:
         # Items as plain tuples (orjson writes no named tuples); rows as they are: orjson
         # writes their datetimes and dates itself.
         items = list(map(tuple, envelope.items))
-        return orjson.dumps(
-            {
-                "v": ENVELOPE_VERSION,
-                "job": envelope.job_id,
-                "target": envelope.target,
-                "op": envelope.operation,
-                "src": [envelope.source_topic, envelope.source_partition]
-                if envelope.source_topic is not None
-                else None,
-                "items": items,
-            }
-        )
+        doc = {
+            "v": ENVELOPE_VERSION,
+            "job": envelope.job_id,
+            "target": envelope.target,
+            "op": envelope.operation,
+            "src": [envelope.source_topic, envelope.source_partition]
+            if envelope.source_topic is not None
+            else None,
+            "items": items,
+        }
+        if envelope.received:
+            doc["rec"] = [(index, *text) for index, text in envelope.received.items()]
+        return orjson.dumps(doc)
 
     def encode_bounded(self, envelope: Envelope, max_bytes: int) -> list[tuple[Envelope, bytes]]:
         """Encode, halving the envelope until each part fits in one Kafka message.
@@ -168,8 +184,8 @@ class EnvelopeCodec:
             return [(envelope, data)]
         half = len(envelope.items) // 2
         return [
-            *self.encode_bounded(replace(envelope, items=envelope.items[:half]), max_bytes),
-            *self.encode_bounded(replace(envelope, items=envelope.items[half:]), max_bytes),
+            *self.encode_bounded(envelope.with_items(envelope.items[:half]), max_bytes),
+            *self.encode_bounded(envelope.with_items(envelope.items[half:]), max_bytes),
         ]
 
     def decode(self, data: bytes) -> Envelope:
@@ -202,6 +218,8 @@ class EnvelopeCodec:
                 items=items,
                 source_topic=src[0] if src else None,
                 source_partition=src[1] if src else None,
+                received={index: RecordText(text, cut is True)
+                          for index, text, cut in doc.get("rec") or ()},
             )
         except EnvelopeError:
             raise

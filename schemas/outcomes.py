@@ -1,19 +1,23 @@
 """Per-record outcomes, kept by the block: the records of one envelope, column by column.
 
 A block is what one envelope's write produced: its records' indexes, one status letter
-each, their keys, and codes and messages only where a record has one. The sink builds
-blocks, the ledger stores one row per block, the results topic and the results listing
-expand them. Counting a block's statuses, or finding a status in it, is a string
-operation in C rather than a loop over per-record objects. Pure: no I/O.
+each, their keys, and codes, messages and the record as received (``schemas.received``)
+only where a record has one. The sink builds blocks, the ledger stores one row per
+block, the results topic and the results listing expand them. Counting a block's
+statuses, or finding a status in it, is a string operation in C rather than a loop over
+per-record objects. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
+from schemas.received import RecordText
 from schemas.vocabulary import RecordStatus
+
+T = TypeVar("T")
 
 LETTER: dict[RecordStatus, str] = {
     RecordStatus.SUCCEEDED: "s",
@@ -38,6 +42,9 @@ class Outcome(NamedTuple):
     key: str | None
     code: str | None = None
     message: str | None = None
+    record: str | None = None
+    """The record as received (schemas.received), on failed outcomes only."""
+    record_truncated: bool = False
 
 
 @dataclass(slots=True)
@@ -53,6 +60,11 @@ class OutcomeBlock:
     codes: list[str | None] | None = None
     """A code per record, or None when no record of the block has one."""
     messages: list[str | None] | None = None
+    records: list[str | None] | None = None
+    """The record as received of each failed record, or None when no record of the block has
+    one (nothing failed, or its outcomes were written before records were kept)."""
+    records_truncated: list[bool] | None = None
+    """Which records were cut, or None when none was."""
 
     def __len__(self) -> int:
         return len(self.indexes)
@@ -72,11 +84,14 @@ class OutcomeBlock:
     def outcomes(self) -> Iterator[Outcome]:
         """The block record by record."""
         job_id, codes, messages = self.job_id, self.codes, self.messages
+        records, cut = self.records, self.records_truncated
         for n, (index, letter, key) in enumerate(zip(self.indexes, self.statuses, self.keys,
                                                      strict=True)):
             yield Outcome(job_id, index, STATUS_OF[letter], key,
                           codes[n] if codes is not None else None,
-                          messages[n] if messages is not None else None)
+                          messages[n] if messages is not None else None,
+                          records[n] if records is not None else None,
+                          cut is not None and cut[n])
 
     def split(self, max_span: int = MAX_BLOCK_SPAN) -> list[OutcomeBlock]:
         """The block cut where it would span more than ``max_span`` index values."""
@@ -92,16 +107,24 @@ class OutcomeBlock:
         return parts
 
     def _slice(self, start: int, stop: int) -> OutcomeBlock:
+        records, cut = self.records, self.records_truncated
         return OutcomeBlock(
             self.job_id, self.indexes[start:stop], self.statuses[start:stop], self.keys[start:stop],
             self.codes[start:stop] if self.codes is not None else None,
-            self.messages[start:stop] if self.messages is not None else None)
+            self.messages[start:stop] if self.messages is not None else None,
+            _some(records[start:stop]) if records is not None else None,
+            _some(cut[start:stop]) if cut is not None else None)
+
+
+def _some(values: list[T]) -> list[T] | None:
+    """``values``, or None when none of them is set: a block stores no column of nothing."""
+    return values if any(values) else None
 
 
 class BlockBuilder:
     """Collects one job's outcomes record by record, then makes blocks of them."""
 
-    __slots__ = ("job_id", "indexes", "letters", "keys", "codes", "messages", "_coded")
+    __slots__ = ("job_id", "indexes", "letters", "keys", "codes", "messages", "_coded", "_records")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -111,9 +134,12 @@ class BlockBuilder:
         self.codes: list[str | None] = []
         self.messages: list[str | None] = []
         self._coded = False
+        self._records: dict[int, RecordText] = {}
+        """By position: few records have one, so the many that succeed cost nothing here."""
 
     def add(self, index: int, status: RecordStatus, key: str | None,
-            code: str | None = None, message: str | None = None) -> int:
+            code: str | None = None, message: str | None = None,
+            record: RecordText | None = None) -> int:
         """Add a record; returns its position, for ``settle`` when its status comes later."""
         self.indexes.append(index)
         self.letters.append(LETTER[status])
@@ -122,16 +148,20 @@ class BlockBuilder:
         self.messages.append(message)
         if code is not None or message is not None:
             self._coded = True
+        if record is not None:
+            self._records[len(self.indexes) - 1] = record
         return len(self.indexes) - 1
 
     def settle(self, position: int, status: RecordStatus, code: str | None,
-               message: str | None) -> None:
+               message: str | None, record: RecordText | None = None) -> None:
         """Set the outcome of a record added earlier."""
         self.letters[position] = LETTER[status]
         if code is not None or message is not None:
             self.codes[position] = code
             self.messages[position] = message
             self._coded = True
+        if record is not None:
+            self._records[position] = record
 
     def blocks(self) -> list[OutcomeBlock]:
         """The records added, in index order, as blocks of bounded span (none if empty)."""
@@ -140,6 +170,13 @@ class BlockBuilder:
         indexes, letters, keys = self.indexes, self.letters, self.keys
         codes: list[str | None] | None = self.codes if self._coded else None
         messages: list[str | None] | None = self.messages if self._coded else None
+        records: list[str | None] | None = None
+        cut: list[bool] | None = None
+        if self._records:
+            found = self._records
+            records = [found[n].text if n in found else None for n in range(len(indexes))]
+            if any(text.truncated for text in found.values()):
+                cut = [n in found and found[n].truncated for n in range(len(indexes))]
         if any(a > b for a, b in zip(indexes, indexes[1:], strict=False)):  # envelopes come sorted; be sure
             order = sorted(range(len(indexes)), key=indexes.__getitem__)
             indexes = [indexes[i] for i in order]
@@ -147,7 +184,10 @@ class BlockBuilder:
             keys = [keys[i] for i in order]
             codes = [codes[i] for i in order] if codes is not None else None
             messages = [messages[i] for i in order] if messages is not None else None
-        return OutcomeBlock(self.job_id, indexes, "".join(letters), keys, codes, messages).split()
+            records = [records[i] for i in order] if records is not None else None
+            cut = [cut[i] for i in order] if cut is not None else None
+        return OutcomeBlock(self.job_id, indexes, "".join(letters), keys, codes, messages,
+                            records, cut).split()
 
 
 def blocks_of(outcomes: Iterable[Outcome]) -> list[OutcomeBlock]:
@@ -155,7 +195,8 @@ def blocks_of(outcomes: Iterable[Outcome]) -> list[OutcomeBlock]:
     builders: dict[str, BlockBuilder] = {}
     for o in outcomes:
         builder = builders.get(o.job_id) or builders.setdefault(o.job_id, BlockBuilder(o.job_id))
-        builder.add(o.index, RecordStatus(o.status), o.key, o.code, o.message)
+        builder.add(o.index, RecordStatus(o.status), o.key, o.code, o.message,
+                    RecordText(o.record, o.record_truncated) if o.record is not None else None)
     return [block for builder in builders.values() for block in builder.blocks()]
 
 

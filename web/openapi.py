@@ -219,6 +219,15 @@ def _component_schemas() -> _Schema:
                 "key": {"type": ["object", "null"]},
                 "code": {"type": "string"},
                 "message": {"type": "string"},
+                "record": {"type": "string", "maxLength": 4096,
+                           "description": "Failed records only: the record as received, at "
+                                          "most 4096 bytes of UTF-8 cut on a character "
+                                          "boundary (the NDJSON line, the CSV row, a JSON "
+                                          "element as compact JSON); for a failure found by "
+                                          "the database, its values as a JSON object of the "
+                                          "target's columns."},
+                "record_truncated": {"const": True,
+                                     "description": "Present when `record` was cut."},
             },
         },
         "Record": {

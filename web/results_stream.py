@@ -43,8 +43,10 @@ class _Cut(Exception):
 
 
 def render_page(page: Sequence[Outcome]) -> bytes:
-    """NDJSON lines for a page of outcomes: index, status, key (as stored JSON), and code
-    and message for a record that has them."""
+    """NDJSON lines for a page of outcomes: index, status, key (as stored JSON), code and
+    message for a record that has them, and for a failed record its ``record`` as received
+    (schemas.received), with ``record_truncated`` when it was cut. Outcomes written before
+    records were kept have none: their lines have no ``record``."""
     lines: list[bytes] = []
     for o in page:
         line: dict[str, Any] = {"index": o.index, "status": o.status,
@@ -52,6 +54,10 @@ def render_page(page: Sequence[Outcome]) -> bytes:
         if o.code is not None:
             line["code"] = o.code
             line["message"] = o.message
+        if o.record is not None:
+            line["record"] = o.record
+            if o.record_truncated:
+                line["record_truncated"] = True
         lines.append(orjson.dumps(line))
     return b"\n".join(lines) + b"\n"
 

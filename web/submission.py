@@ -8,6 +8,12 @@ receiving job there and then, and its envelopes are produced as they are made, s
 the workers write it while the rest is parsed (their writes commit only once it is
 sealed). Rejected later, that job is failed and its records that reached Kafka are
 reported aborted: none of them reaches the table. Memory stays flat either way.
+
+A record that fails here travels in its envelope with its text as received, cut to 4 KiB
+(``schemas.received``), for its failed result line. A partition's buffer is flushed once
+it holds FAILED_TEXT_PER_ENVELOPE of such text, as well as at a batch of records: a
+payload whose every record fails holds at most that much per partition, not a batch of
+4 KiB texts, and its envelopes need no halving to fit a Kafka message.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from schemas.envelope import (
     Item,
 )
 from schemas.preparation import OPERATIONS, RecordPreparer
+from schemas.received import RecordText, json_text, record_text, row_text
 from schemas.targets import Target
 from schemas.vocabulary import JobSource
 from web.echo import echo
@@ -54,6 +61,8 @@ from web.problems import Problem, ProblemType
 log = logging.getLogger(__name__)
 
 _FRAME = struct.Struct("!III")  # partition, records, length
+FAILED_TEXT_PER_ENVELOPE = 256 * 1024
+"""Characters of failed records' text a partition's buffer holds before it is flushed."""
 
 
 class Spool:
@@ -151,21 +160,32 @@ Authorize = Callable[[str, str], None]
 
 
 def fail_alone_if_oversize(
-    codec: EnvelopeCodec, part: Envelope, data: bytes
+    codec: EnvelopeCodec, part: Envelope, data: bytes, target: Target
 ) -> tuple[Envelope, bytes]:
     """A one-record envelope still over one Kafka message: that record fails instead.
 
     ``encode_bounded`` halves envelopes down to single records; one record alone over
     MAX_ENVELOPE_BYTES would be refused by the broker and sink the whole job with it.
+    Its text as received is gone by now: its converted row stands for it, as JSON.
     """
     if len(data) <= MAX_ENVELOPE_BYTES:
         return part, data
+    received = dict(part.received)
+    for item in part.items:
+        if item.row is not None:
+            received[item.index] = row_text(target, item.row, part.operation)
     failed = replace(part, items=[
         Item(item.index, None, RecordCode.TOO_LARGE,
              f"record {item.index}: over {MAX_ENVELOPE_BYTES} bytes once packed for Kafka")
         for item in part.items
-    ])
+    ], received=received)
     return failed, codec.encode(failed)
+
+
+def _failed_text(record: RawRecord) -> RecordText:
+    """The text as received of a framed record that failed validation: its line or row, or
+    for a JSON element (whose text the parser does not keep) its value as JSON."""
+    return record_text(record.raw) if record.raw is not None else json_text(record.value)
 
 
 OnBig = Callable[[Target, str, int], Awaitable[None]]
@@ -231,6 +251,8 @@ async def spool_payload(
     them and before any record is read: a refused request costs no more than its head.
     """
     buffers: list[list[Item]] = [[] for _ in range(ctx.partitions)]
+    received: list[dict[int, RecordText]] = [{} for _ in range(ctx.partitions)]
+    held = [0] * ctx.partitions  # characters of failed records' text in each buffer
     preparer: RecordPreparer | None = None
     count = 0
 
@@ -246,26 +268,37 @@ async def spool_payload(
 
     async def flush(partition: int) -> None:
         assert preparer is not None
-        envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition])
-        buffers[partition] = []
+        envelope = Envelope(job_id, preparer.target.name, preparer.operation, buffers[partition],
+                            received=received[partition])
+        buffers[partition], received[partition], held[partition] = [], {}, 0
         for part, data in ctx.codec.encode_bounded(envelope, MAX_ENVELOPE_BYTES):
-            part, data = fail_alone_if_oversize(ctx.codec, part, data)
+            part, data = fail_alone_if_oversize(ctx.codec, part, data, preparer.target)
             await outlet.add(preparer.target, preparer.operation, partition, data, len(part.items))
 
     async for batch in reader.batches(on_settled=settle):
         assert preparer is not None  # the reader settles before its first record
         place, prepare, batch_size = preparer.place, preparer.prepare, ctx.batch_size
         for record in batch:
+            text: RecordText | None = None
             if type(record) is ConvertedRecord:
                 partition, item = place(record.index, record.row)
             elif type(record) is MalformedRecord:
                 partition = record.index % ctx.partitions
                 item = Item(record.index, None, record.code, record.message)
+                text = record.record
             else:
                 assert isinstance(record, RawRecord)
                 partition, item = prepare(record.index, record.value, record.textual)
+                if item.row is None:
+                    text = _failed_text(record)
             buffer = buffers[partition]
             buffer.append(item)
+            if text is not None:
+                received[partition][item.index] = text
+                held[partition] += len(text.text)
+                if held[partition] >= FAILED_TEXT_PER_ENVELOPE:
+                    await flush(partition)
+                    continue
             if len(buffer) >= batch_size:
                 await flush(partition)
         count += len(batch)

@@ -30,10 +30,15 @@ def chunk_by_records(envelopes: Sequence[Envelope], limit: int) -> list[list[Env
 
 
 def outcome_documents(block: OutcomeBlock, *, from_kafka: bool) -> list[dict[str, Any]]:
-    """A block's outcomes as analysts read them; a producer record's index is its offset."""
+    """A block's outcomes as analysts read them; a producer record's index is its offset.
+
+    A failed record's document also has ``record``, the record as received, and
+    ``record_truncated`` when it was cut, as the results listing gives them: absent
+    members, not nulls, so that the many other outcomes cost nothing more.
+    """
     docs: list[dict[str, Any]] = []
     append = docs.append
-    codes, messages = block.codes, block.messages
+    codes, messages, records, cut = block.codes, block.messages, block.records, block.records_truncated
     fragment = orjson.Fragment
     for n, (index, letter, key) in enumerate(zip(block.indexes, block.statuses, block.keys,
                                                  strict=True)):
@@ -46,6 +51,10 @@ def outcome_documents(block: OutcomeBlock, *, from_kafka: bool) -> list[dict[str
         }
         if from_kafka:
             doc["offset"] = index
+        if records is not None and records[n] is not None:
+            doc["record"] = records[n]
+            if cut is not None and cut[n]:
+                doc["record_truncated"] = True
         append(doc)
     return docs
 

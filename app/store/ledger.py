@@ -4,7 +4,8 @@ The ledger is written in the same transaction as the rows, so an envelope delive
 again after a crash finds its records there and is re-published, never re-applied.
 
 A row holds one envelope's outcomes as arrays (indexes, one status letter per record,
-keys, and codes and messages only when a record has one): a row per record weighed
+keys, and codes, messages and failed records as received only when a record has one;
+rows written before records were kept have none): a row per record weighed
 more than the target's own row and its index entry, and was most of the database's
 work. ``sluice_record_results`` is a view expanding the blocks record by record, for
 analysts' SQL. The ledger is partitioned by the day a block was written, and whole days
@@ -49,19 +50,28 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     failed     integer NOT NULL,
     duplicates integer NOT NULL,
     aborted    integer NOT NULL,
+    records    text[],
+    records_truncated boolean[],
     PRIMARY KEY (job_id, first_idx, written_on)
 ) PARTITION BY RANGE (written_on);
 CREATE TABLE IF NOT EXISTS {TABLE}_default PARTITION OF {TABLE} DEFAULT;
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS records text[],
+    ADD COLUMN IF NOT EXISTS records_truncated boolean[];
 """
 """The default partition is a safety net only: maintenance keeps days ahead made.
 ``failed``, ``duplicates`` and ``aborted`` count the block's statuses, so a listing of one
-status skips the blocks without it."""
+status skips the blocks without it. ``records`` holds failed records as received (at most
+4 KiB each, schemas.received) and ``records_truncated`` which of them were cut; each is
+NULL when no record of the block has one, so only failures make the ledger grow. A ledger
+of an earlier release gets them added (nullable, no default: no row is rewritten)."""
 
 _COUNTED = {RecordStatus.FAILED: "failed", RecordStatus.DUPLICATE: "duplicates",
             RecordStatus.ABORTED: "aborted"}
 """The statuses a block counts, and their column (succeeded is what the others leave)."""
-COLUMNS = ("job_id", "first_idx", "last_idx", "idx", "statuses", "keys", "codes", "messages",
-           *_COUNTED.values())
+_FIRST_COLUMNS = ("job_id", "first_idx", "last_idx", "idx", "statuses", "keys", "codes",
+                  "messages", *_COUNTED.values())
+"""The columns of the first release of blocks, which a per-record ledger is moved into."""
+COLUMNS = (*_FIRST_COLUMNS, "records", "records_truncated")
 
 
 def _status_case(column: str) -> str:
@@ -79,16 +89,22 @@ def _letter_case(column: str) -> str:
 VIEW_DDL = f"""
 CREATE OR REPLACE VIEW {VIEW} AS
 SELECT b.job_id, r.idx, {_status_case('r.letter')} AS status, r.key, r.code, r.message,
-       b.written_on
+       b.written_on, r.record,
+       CASE WHEN r.record IS NOT NULL THEN coalesce(r.cut, false) END AS record_truncated
 FROM {TABLE} b
 CROSS JOIN LATERAL unnest(b.idx, string_to_array(b.statuses, NULL), b.keys,
                           coalesce(b.codes, array_fill(NULL::text, ARRAY[cardinality(b.idx)])),
-                          coalesce(b.messages, array_fill(NULL::text, ARRAY[cardinality(b.idx)])))
-    AS r(idx, letter, key, code, message)
+                          coalesce(b.messages, array_fill(NULL::text, ARRAY[cardinality(b.idx)])),
+                          coalesce(b.records, array_fill(NULL::text, ARRAY[cardinality(b.idx)])),
+                          coalesce(b.records_truncated,
+                                   array_fill(NULL::boolean, ARRAY[cardinality(b.idx)])))
+    AS r(idx, letter, key, code, message, record, cut)
 """
+"""``record`` and ``record_truncated`` come last: CREATE OR REPLACE VIEW may only add columns
+at the end of a view made by an earlier release."""
 
 _MIGRATE_PER_RECORD = f"""
-INSERT INTO {TABLE} ({', '.join(COLUMNS)}, written_on)
+INSERT INTO {TABLE} ({', '.join(_FIRST_COLUMNS)}, written_on)
 SELECT job_id, min(idx), max(idx), array_agg(idx ORDER BY idx),
        string_agg({_letter_case('status')}, '' ORDER BY idx),
        array_agg(key ORDER BY idx), array_agg(code ORDER BY idx), array_agg(message ORDER BY idx),
@@ -191,7 +207,7 @@ async def record(conn: asyncpg.Connection, blocks: Iterable[OutcomeBlock]) -> No
     """Add blocks to the ledger (binary COPY, one row per block)."""
     rows = [
         (b.job_id, b.first, b.last, b.indexes, b.statuses, b.keys, b.codes, b.messages,
-         *(b.count(status) for status in _COUNTED))
+         *(b.count(status) for status in _COUNTED), b.records, b.records_truncated)
         for b in blocks if len(b)
     ]
     if rows:
@@ -230,7 +246,7 @@ async def outcomes_in(
         return {}
     rows = await conn.fetch(
         "SELECT DISTINCT ON (b.job_id, b.first_idx, b.written_on) b.job_id, b.idx, b.statuses,"
-        " b.keys, b.codes, b.messages"
+        " b.keys, b.codes, b.messages, b.records, b.records_truncated"
         " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(job_id, lo, hi)"
         f" JOIN {TABLE} b ON b.job_id = r.job_id AND b.first_idx BETWEEN r.lo - $5 AND r.hi"
         " AND b.last_idx >= r.lo AND b.written_on >= $4",
@@ -253,13 +269,18 @@ def _index(outcome: Outcome) -> int:
 def _block_of(row: asyncpg.Record) -> OutcomeBlock:
     return OutcomeBlock(row["job_id"], list(row["idx"]), row["statuses"], list(row["keys"]),
                         list(row["codes"]) if row["codes"] is not None else None,
-                        list(row["messages"]) if row["messages"] is not None else None)
+                        list(row["messages"]) if row["messages"] is not None else None,
+                        list(row["records"]) if row["records"] is not None else None,
+                        list(row["records_truncated"])
+                        if row["records_truncated"] is not None else None)
 
 
 BLOCKS_PER_PAGE = 8
 """Blocks read per query of a results listing: one short query, a page of at most a few
 thousand outcomes (a block holds up to SLUICE_BATCH_SIZE), and about the most a listing
-holds while it waits on its client."""
+holds while it waits on its client. Failed records' texts add at most one envelope's
+worth per block: the web packs at most 256 K characters of them in an envelope, and the
+worker's re-serialised rows are about the size of the envelope they came in."""
 
 
 async def iter_outcomes(
@@ -275,8 +296,8 @@ async def iter_outcomes(
     start at or after the last block read. There is no snapshot across pages: a job
     still running may list outcomes written during the listing; none twice, none out of order.
     """
-    select = ("SELECT job_id, first_idx, written_on, idx, statuses, keys, codes, messages"
-              f" FROM {TABLE} WHERE job_id = $1")
+    select = ("SELECT job_id, first_idx, written_on, idx, statuses, keys, codes, messages,"
+              f" records, records_truncated FROM {TABLE} WHERE job_id = $1")
     if status is not None and status in _COUNTED:
         select += f" AND {_COUNTED[status]} > 0"
     held: list[Outcome] = []  # read but not yet yielded, in index order

@@ -31,6 +31,7 @@ from app.store.target_writes import TargetRecords, TargetWriter
 from schemas.envelope import UNKNOWN_TARGET, Envelope
 from schemas.identity import key_json_encoder
 from schemas.outcomes import BlockBuilder, Outcome, OutcomeBlock, blocks_of, count_statuses
+from schemas.received import row_text
 from schemas.targets import Target
 from schemas.vocabulary import HALTED_STATES, TERMINAL_STATES, JobState, Operation, RecordStatus
 from schemas.write_plan import (
@@ -229,13 +230,17 @@ class PostgresSink:
             queue.inserts_only = queue.inserts_only and operation is Operation.INSERT
         tenant = job.tenant
         succeeded = RecordStatus.SUCCEEDED
+        received = envelope.received
         for item in envelope.items:
             if done and (job_id, item.index) in done:
                 continue
             row = item.row
             if row is None:
-                add(item.index, RecordStatus.ABORTED if halted else RecordStatus.FAILED, None,
-                    None if halted else item.error_code, None if halted else item.error_message)
+                if halted:
+                    add(item.index, RecordStatus.ABORTED, None)
+                else:
+                    add(item.index, RecordStatus.FAILED, None, item.error_code, item.error_message,
+                        received.get(item.index))
             elif queue is not None:
                 assert key_json is not None
                 positions.append(add(item.index, succeeded, key_json(row)))
@@ -247,7 +252,8 @@ class PostgresSink:
                 add(item.index, RecordStatus.ABORTED, key_json(row) if key_json else None)
             elif give_up is not None:
                 add(item.index, give_up.status, key_json(row) if key_json else None,
-                    give_up.code, give_up.message)
+                    give_up.code, give_up.message,
+                    row_text(target, row, operation) if target is not None else None)
             else:
                 add(item.index, RecordStatus.FAILED, None, UNKNOWN_TARGET,
                     f"this worker knows no target named {envelope.target!r}")

@@ -22,6 +22,7 @@ from app.errors import SluiceError
 from app.store.errors import ErrorKind, classify, row_error_message, sqlstate_of
 from app.store.row_checks import CHECK_VIOLATION, NOT_NULL_VIOLATION, RowChecks
 from schemas.outcomes import BlockBuilder
+from schemas.received import row_text
 from schemas.sql import TENANT, TargetStatements, statements_for
 from schemas.targets import Target
 from schemas.vocabulary import Operation, RecordStatus
@@ -128,10 +129,7 @@ class TargetWriter:
         verdicts = await _insert_all_new(conn, sql, checks, steps, checked)
         if verdicts is None:
             verdicts = await self._plan_and_write(conn, sql, checks, steps, checked)
-        builders, positions = records.builders, records.positions
-        for n, v in verdicts.items():
-            if v is not SUCCEEDED:
-                builders[n].settle(positions[n], v.status, v.code, v.message)
+        _settle(target, records, verdicts)
 
     @staticmethod
     async def _plan_and_write(
@@ -287,10 +285,20 @@ async def _insert_checked(
     rest = [n for n in range(len(records.rows)) if n not in verdicts]
     if rest and not await _copy_direct(conn, target, records, rest):
         return False
-    builders, positions = records.builders, records.positions
-    for n, v in verdicts.items():
-        builders[n].settle(positions[n], v.status, v.code, v.message)
+    _settle(target, records, verdicts)
     return True
+
+
+def _settle(target: Target, records: TargetRecords, verdicts: Mapping[int, Verdict]) -> None:
+    """Give the records that did not succeed their verdict, and a failed one its record: the
+    row re-serialised (schemas.received), since the worker never had its text."""
+    builders, positions, rows, operations = (
+        records.builders, records.positions, records.rows, records.operations)
+    for n, v in verdicts.items():
+        if v is not SUCCEEDED:
+            builders[n].settle(positions[n], v.status, v.code, v.message,
+                               row_text(target, rows[n], operations[n])
+                               if v.status is RecordStatus.FAILED else None)
 
 
 async def _copy_direct(conn: asyncpg.Connection, target: Target, records: TargetRecords,

@@ -148,7 +148,7 @@ async def test_results_are_readable_while_the_job_runs(http: aiohttp.ClientSessi
         (NDJSON, b"{}\n", {"target": "nope"}, 422, "unknown-target"),
         (NDJSON, b"{}\n", {"operation": "merge"}, 422, "unknown-operation"),
         (NDJSON, b"", {}, 422, "empty-payload"),
-        ({**NDJSON, "Content-Encoding": "br"}, b"{}\n", {}, 415, "unsupported-media-type"),
+        ({**NDJSON, "Content-Encoding": "lz4"}, b"{}\n", {}, 415, "unsupported-media-type"),
     ],
 )
 async def test_rejected_payloads_get_problem_details(

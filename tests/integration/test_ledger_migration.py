@@ -82,3 +82,56 @@ async def test_a_per_record_ledger_becomes_blocks_that_read_back_the_same(
     # Starting again finds the view and moves nothing.
     await ledger.create(conn)
     assert await conn.fetchval("SELECT count(*) FROM sluice_outcome_blocks") == blocks
+
+
+# The ledger of blocks as the release before failed records were kept created it.
+BLOCKS_DDL_BEFORE_RECORDS = """
+CREATE TABLE sluice_outcome_blocks (
+    job_id     text NOT NULL,
+    first_idx  bigint NOT NULL,
+    last_idx   bigint NOT NULL,
+    written_on date NOT NULL DEFAULT current_date,
+    idx        bigint[] NOT NULL,
+    statuses   text NOT NULL,
+    keys       text[] NOT NULL,
+    codes      text[],
+    messages   text[],
+    failed     integer NOT NULL,
+    duplicates integer NOT NULL,
+    aborted    integer NOT NULL,
+    PRIMARY KEY (job_id, first_idx, written_on)
+) PARTITION BY RANGE (written_on);
+CREATE TABLE sluice_outcome_blocks_default PARTITION OF sluice_outcome_blocks DEFAULT;
+CREATE VIEW sluice_record_results AS
+SELECT b.job_id, r.idx, CASE r.letter WHEN 's' THEN 'succeeded' WHEN 'f' THEN 'failed' END AS status,
+       r.key, r.code, r.message, b.written_on
+FROM sluice_outcome_blocks b
+CROSS JOIN LATERAL unnest(b.idx, string_to_array(b.statuses, NULL), b.keys, b.codes, b.messages)
+    AS r(idx, letter, key, code, message);
+"""
+
+
+async def test_blocks_written_before_records_were_kept_gain_the_columns_and_list_without_them(
+        scratch_db: asyncpg.Connection) -> None:
+    from schemas.outcomes import Outcome, blocks_of
+    from web.results_stream import render_page
+
+    conn = scratch_db
+    await conn.execute(BLOCKS_DDL_BEFORE_RECORDS)
+    await conn.execute(
+        "INSERT INTO sluice_outcome_blocks (job_id, first_idx, last_idx, idx, statuses, keys,"
+        " codes, messages, failed, duplicates, aborted) VALUES ('old', 0, 1, '{0,1}', 'sf',"
+        " '{NULL,NULL}', '{NULL,wrong_type}', '{NULL,m}', 1, 0, 0)")
+
+    await ledger.create(conn)
+
+    old = await ledger.outcomes_in(conn, ["old"], [0], [1], date(2000, 1, 1))
+    assert [o.record for o in old.values()] == [None, None]
+    assert b'"record"' not in render_page(list(old.values()))
+    new = blocks_of([Outcome("new", 0, RecordStatus.FAILED, None, "wrong_type", "m", "{", True)])
+    await ledger.record(conn, new)
+    rows = await conn.fetch("SELECT job_id, idx, status, record, record_truncated"
+                            " FROM sluice_record_results ORDER BY job_id, idx")
+    assert [tuple(r) for r in rows] == [("new", 0, "failed", "{", True),
+                                        ("old", 0, "succeeded", None, None),
+                                        ("old", 1, "failed", None, None)]

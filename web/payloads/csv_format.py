@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections import deque
 
+from schemas.received import RECORD_HEAD_BYTES, record_text
 from web.payloads.lines import TOO_LONG
 from web.payloads.records import MalformedRecord, PayloadError, RawRecord, RecordCode
 
@@ -35,10 +36,12 @@ class CsvFramer:
     group; if it disagrees about where the record ends, the group is malformed.
     """
 
-    def __init__(self, limit: int, dropped_quotes: deque[int], *, max_columns: int) -> None:
+    def __init__(self, limit: int, dropped_quotes: deque[int], dropped_heads: deque[bytes], *,
+                 max_columns: int) -> None:
         self._limit = limit
         self._max_columns = max_columns
         self._dropped_quotes = dropped_quotes
+        self._dropped_heads = dropped_heads
         self._feed = _LineFeed()
         self._reader = csv.reader(self._feed, strict=True)
         self._header: tuple[str, ...] | None = None
@@ -50,6 +53,9 @@ class CsvFramer:
         self._open = False
         self._odd = False
         self._too_large = False
+        self._head = ""
+        """The start of a record too large to hold (at most RECORD_HEAD_BYTES characters),
+        for its failure to show."""
 
     def line(self, line: bytes) -> RawRecord | MalformedRecord | None:
         """Take one physical line; return a record when it completes one."""
@@ -60,10 +66,10 @@ class CsvFramer:
             self._group_bytes = 0
             self._odd = False
             self._too_large = False
+            self._head = ""
         if line is TOO_LONG:
             quotes = self._dropped_quotes.popleft()
-            self._too_large = True
-            self._group.clear()
+            self._overflow(self._dropped_heads.popleft().decode("utf-8", "replace") + "\n")
         else:
             quotes = line.count(b'"')
             try:
@@ -72,11 +78,12 @@ class CsvFramer:
                 raise PayloadError(400, f"line {self._line_no}: not valid UTF-8") from None
             if self._line_no == 1 and text.startswith("\ufeff"):
                 text = text[1:]  # byte order mark, as spreadsheet exports write
-            if not self._too_large:
+            if self._too_large:
+                self._overflow(text + "\n")
+            else:
                 self._group_bytes += len(line) + 1
                 if self._group_bytes > self._limit:
-                    self._too_large = True
-                    self._group.clear()
+                    self._overflow(text + "\n")
                 else:
                     self._group.append(text + "\n")
         if quotes & 1:
@@ -84,6 +91,15 @@ class CsvFramer:
         if self._odd:
             return None
         return self._close_group()
+
+    def _overflow(self, text: str) -> None:
+        """The record being grouped is too large: drop what it holds, keep its start."""
+        if not self._too_large:
+            self._too_large = True
+            self._head = "".join(self._group)[:RECORD_HEAD_BYTES]
+            self._group.clear()
+        if len(self._head) < RECORD_HEAD_BYTES:
+            self._head += text[:RECORD_HEAD_BYTES - len(self._head)]
 
     def finish(self) -> RawRecord | MalformedRecord | None:
         """Flush a record left open by an unterminated quote (it will be malformed)."""
@@ -99,11 +115,13 @@ class CsvFramer:
             if self._header is None:
                 raise PayloadError(422, f"CSV header row exceeds {self._limit} bytes")
             return self._malformed(
-                RecordCode.TOO_LARGE, f"line {start}: record exceeds {self._limit} bytes"
-            )
+                RecordCode.TOO_LARGE, f"line {start}: record exceeds {self._limit} bytes",
+                self._head)
+        group = self._group
+        raw = group[0] if len(group) == 1 else "".join(group)
         lines = self._feed.lines
-        lines.extend(self._group)
-        self._group.clear()
+        lines.extend(group)
+        group.clear()
         problem: str | None = None
         row: list[str] | None = None
         try:
@@ -116,7 +134,7 @@ class CsvFramer:
         if problem is not None:
             if self._header is None:
                 raise PayloadError(400, f"CSV header row is malformed: {problem}")
-            return self._malformed(RecordCode.MALFORMED, f"line {start}: {problem}")
+            return self._malformed(RecordCode.MALFORMED, f"line {start}: {problem}", raw)
         if not row:
             return None  # an empty line: not a record, not counted
         header = self._header
@@ -126,9 +144,9 @@ class CsvFramer:
         if len(row) != len(header):
             return self._malformed(
                 RecordCode.MALFORMED,
-                f"line {start}: expected {len(header)} fields, got {len(row)}",
+                f"line {start}: expected {len(header)} fields, got {len(row)}", raw,
             )
-        record = RawRecord(self._index, dict(zip(header, row, strict=True)), True)
+        record = RawRecord(self._index, dict(zip(header, row, strict=True)), True, raw)
         self._index += 1
         return record
 
@@ -144,8 +162,8 @@ class CsvFramer:
             raise PayloadError(422, "CSV header row names a column twice")
         self._header = names
 
-    def _malformed(self, code: str, message: str) -> MalformedRecord:
-        record = MalformedRecord(self._index, code, message)
+    def _malformed(self, code: str, message: str, raw: str) -> MalformedRecord:
+        record = MalformedRecord(self._index, code, message, record_text(raw))
         self._index += 1
         return record
 

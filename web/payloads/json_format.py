@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from schemas.received import RecordText, json_text
 from web.echo import echo
 from web.payloads.records import (
     MalformedRecord,
@@ -54,6 +55,8 @@ class JsonFramer:
         self._index = 0
         self._skip = 0
         self._skip_reason = _TOO_DEEP
+        self._skipped_text: RecordText | None = None
+        """What was read of the record being skipped."""
         self._fields = 0
         self._in_records = False
         self._state = _START
@@ -94,8 +97,7 @@ class JsonFramer:
                     if fields > max_fields:
                         # Abandon the record; count containers until it closes.
                         skip = len(stack) + container
-                        self._skip_reason = _TOO_WIDE
-                        stack.clear()
+                        self._abandon(stack, _TOO_WIDE)
                         continue
                     if event == "start_map":
                         child: Any = {}
@@ -113,8 +115,7 @@ class JsonFramer:
                             stack.append(child)
                         else:
                             skip = len(stack) + 1
-                            self._skip_reason = _TOO_DEEP
-                            stack.clear()
+                            self._abandon(stack, _TOO_DEEP)
             elif skip:
                 if event == "start_map" or event == "start_array":
                     skip += 1
@@ -162,12 +163,19 @@ class JsonFramer:
         if self._state != _DONE:  # the parser would have failed first; belt and braces
             raise PayloadError(400, "body is not a complete JSON document")
 
+    def _abandon(self, stack: list[Any], reason: int) -> None:
+        """Stop building the record on ``stack``; keep what was read of it, for its failure."""
+        self._skip_reason = reason
+        self._skipped_text = json_text(stack[0], partial=True)
+        stack.clear()
+
     def _skipped(self, index: int) -> MalformedRecord:
+        text, self._skipped_text = self._skipped_text, None
         if self._skip_reason == _TOO_WIDE:
             return MalformedRecord(index, RecordCode.TOO_LARGE,
-                                   f"record {index}: more than {self._max_fields} fields")
+                                   f"record {index}: more than {self._max_fields} fields", text)
         return MalformedRecord(index, RecordCode.MALFORMED,
-                               f"record {index}: nested deeper than {MAX_JSON_DEPTH} levels")
+                               f"record {index}: nested deeper than {MAX_JSON_DEPTH} levels", text)
 
     def _too_large(self) -> PayloadError:
         limit = self._max_bytes

@@ -10,6 +10,7 @@ import ijson
 import orjson
 
 from app.errors import SluiceError
+from schemas.received import record_text
 from web.payloads.csv_format import CsvFramer
 from web.payloads.encodings import decoder_for
 from web.payloads.json_format import JsonFramer
@@ -182,24 +183,27 @@ class PayloadReader:
                     value = loads(line)  # a trailing "\r" is JSON whitespace: no strip needed
                 except decode_error:
                     if line is TOO_LONG:
+                        splitter.dropped_quotes.popleft()  # CSV's concern only
                         add(MalformedRecord(
-                            index, RecordCode.TOO_LARGE, f"line {line_no}: exceeds {limit} bytes"
+                            index, RecordCode.TOO_LARGE, f"line {line_no}: exceeds {limit} bytes",
+                            record_text(splitter.dropped_heads.popleft()),
                         ))
                     elif line.isspace():
                         continue
                     else:
                         add(MalformedRecord(
-                            index, RecordCode.MALFORMED, f"line {line_no}: not valid JSON"
+                            index, RecordCode.MALFORMED, f"line {line_no}: not valid JSON",
+                            record_text(line),
                         ))
                     index += 1
                     continue
                 if len(line) > count_past and exceeds_fields(value, max_fields):
                     add(MalformedRecord(
                         index, RecordCode.TOO_LARGE,
-                        f"line {line_no}: more than {max_fields} fields",
+                        f"line {line_no}: more than {max_fields} fields", record_text(line),
                     ))
                 else:
-                    add(RawRecord(index, value, False))
+                    add(RawRecord(index, value, False, line))
                 index += 1
             if batch:
                 yield batch
@@ -210,9 +214,8 @@ class PayloadReader:
         if on_settled is not None:
             on_settled()
         splitter = LineSplitter(self._max_record_bytes)
-        framer = CsvFramer(
-            self._max_record_bytes, splitter.dropped_quotes, max_columns=self._max_record_fields
-        )
+        framer = CsvFramer(self._max_record_bytes, splitter.dropped_quotes, splitter.dropped_heads,
+                           max_columns=self._max_record_fields)
         take = framer.line
         async for lines in self._lines(splitter):
             for line in lines:

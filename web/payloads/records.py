@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from app.errors import SluiceError
+from schemas.received import RecordText
 
 
 class RecordCode(enum.StrEnum):
@@ -73,6 +74,10 @@ class RawRecord:
     index: int
     value: Any
     textual: bool
+    raw: bytes | str | None = field(default=None, compare=False)
+    """The text it was framed from (an NDJSON line, a CSV row with its line end), for its
+    failure to show should it fail validation; None for a JSON element, whose text the
+    parser does not keep. Not part of the record's value: equality ignores it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +99,5 @@ class MalformedRecord:
     index: int
     code: str
     message: str
+    record: RecordText | None = field(default=None, compare=False)
+    """What was received of it, cut (schemas.received). Equality ignores it."""

@@ -254,3 +254,13 @@ def test_outcomes_of_one_job_are_split_to_fit_a_message() -> None:
     assert all(len(value) <= 10_000 for _, value in messages)
     indexes = [o["index"] for _, value in messages for o in orjson.loads(value)["outcomes"]]
     assert indexes == list(range(40))
+
+
+def test_failed_outcomes_carry_their_record_on_the_results_topic() -> None:
+    block = blocks_of([Outcome("job", 0, SUCCEEDED, KEY),
+                       Outcome("job", 1, FAILED, None, "wrong_type", "m", '{"v":"x"}'),
+                       Outcome("job", 2, FAILED, None, "malformed_record", "m", "{" * 4096, True)])[0]
+    docs = [orjson.loads(orjson.dumps(doc)) for doc in outcome_documents(block, from_kafka=False)]
+    assert "record" not in docs[0] and "record_truncated" not in docs[0]
+    assert docs[1]["record"] == '{"v":"x"}' and "record_truncated" not in docs[1]
+    assert docs[2]["record"] == "{" * 4096 and docs[2]["record_truncated"] is True

@@ -12,6 +12,7 @@ from agents.input_audit import InputTally
 from agents.producer_records import ProducerRecordDecoder, envelopes_for
 from app.input_policy import OPERATION_NOT_ALLOWED, InputOperations
 from app.topics import TopicNames
+from schemas.received import RecordText
 from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
 from schemas.vocabulary import Operation
 
@@ -119,3 +120,31 @@ def test_the_tally_sees_every_record_with_its_asserted_principal() -> None:
               for x in tally.lines()}
     assert counts == {("insert", "meter-gateway"): (1, 0, 0), ("upsert", "meter-gateway"): (1, 1, 0),
                       ("insert", None): (2, 0, 2)}
+
+
+def test_failed_producer_records_carry_their_message_as_received() -> None:
+    """JSON: the message value; Avro: its decoded value as JSON; an Avro value that does not
+    decode has no text to show. Valid records carry nothing."""
+    import io
+
+    import fastavro
+
+    decoder = ProducerRecordDecoder(load_targets(BUILTIN_TARGETS_DIR), TOPICS, 4,
+                                    operations=InputOperations())  # inserts only
+    avro = io.BytesIO()
+    fastavro.schemaless_writer(avro, fastavro.parse_schema(
+        load_targets(BUILTIN_TARGETS_DIR)["sensor_readings"].avro_schema),
+        {"sensor_id": "", "value": 1.0, "sampled_at": 5})
+    avro_type = (("content-type", b"application/avro"),)
+    wrong = orjson.dumps({**_reading(3), "value": "high"})
+    messages = [_message(0, 1, _reading(1)),
+                _message(0, 2, b"{not json\r\n"),
+                _message(0, 3, wrong),
+                _message(0, 4, _reading(4), UPSERT),  # not an operation this topic accepts
+                _message(0, 5, b"\x01\x02", avro_type),
+                _message(0, 6, avro.getvalue(), (*avro_type, *UPSERT))]
+    received = {index: text for _, e in envelopes_for(messages, decoder, IDS)
+                for index, text in e.received.items()}
+    assert received == {2: RecordText("{not json"), 3: RecordText(wrong.decode()),
+                        4: RecordText(orjson.dumps(_reading(4)).decode()),
+                        6: RecordText('{"sensor_id":"","value":1.0,"sampled_at":5}')}

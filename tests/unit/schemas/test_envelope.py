@@ -23,6 +23,7 @@ from schemas.envelope import (
     UnknownTargetError,
     salvage,
 )
+from schemas.received import RecordText
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_target, load_targets
 
 SAMPLED = datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=UTC)
@@ -377,3 +378,60 @@ def test_an_oversized_record_among_small_ones_gets_its_own_part(codec: EnvelopeC
     assert [item for part in parts for item in part.items] == items
     (big,) = [part for part in parts if any(item.index == 3 for item in part.items)]
     assert [item.index for item in big.items] == [3]
+
+
+# --- the record as received, for failed items ----------------------------------------------
+
+
+def _with_received() -> Envelope:
+    return _sensor_envelope(
+        items=[Item(0, ("s-1", 1.0, SAMPLED)),
+               Item(1, None, "wrong_type", "m"),
+               Item(2, None, "malformed_record", "line 3: not valid JSON")],
+        received={1: RecordText('{"sensor_id":"s-1","value":"x"}'),
+                  2: RecordText("{" * 4096, True)})
+
+
+def test_received_records_round_trip(codec: EnvelopeCodec) -> None:
+    envelope = _with_received()
+    decoded = codec.decode(codec.encode(envelope))
+    assert decoded == envelope
+    assert decoded.received[2] == RecordText("{" * 4096, True)
+
+
+def test_received_records_travel_beside_the_items_which_keep_their_four_members(
+        codec: EnvelopeCodec) -> None:
+    """A worker of the release before reads items as four members and ignores what else the
+    envelope holds: an envelope from a newer web still applies there, without the records."""
+    doc = _wire(codec, _with_received())
+    assert [len(item) for item in doc["items"]] == [4, 4, 4]
+    assert doc["rec"] == [[1, '{"sensor_id":"s-1","value":"x"}', False], [2, "{" * 4096, True]]
+    for index, _row, _code, _message in doc["items"]:  # how the release before unpacks them
+        assert index in (0, 1, 2)
+
+
+def test_an_envelope_without_received_records_has_no_member_for_them(codec: EnvelopeCodec) -> None:
+    assert "rec" not in _wire(codec, _sensor_envelope())
+    assert codec.decode(codec.encode(_sensor_envelope())).received == {}
+
+
+def test_split_parts_keep_the_received_records_of_their_own_items(codec: EnvelopeCodec) -> None:
+    items = [Item(i, None, "wrong_type", "m") for i in range(20)]
+    received = {i: RecordText("r" * 300 + str(i)) for i in range(0, 20, 3)}
+    envelope = _sensor_envelope(items=items, received=received)
+    parts = codec.encode_bounded(envelope, 2_000)
+    assert len(parts) > 1
+    back: dict[int, RecordText] = {}
+    for part, data in parts:
+        decoded = codec.decode(data)
+        assert decoded == part
+        own = {item.index for item in part.items}
+        assert set(part.received) <= own
+        back.update(part.received)
+    assert back == received
+
+
+def test_salvage_and_older_envelopes_carry_no_received_records(codec: EnvelopeCodec) -> None:
+    data = codec.encode(_with_received())
+    salvaged = salvage(data, MALFORMED_ENVELOPE, "m")
+    assert salvaged is not None and salvaged.received == {}

@@ -336,10 +336,13 @@ def test_a_record_alone_over_one_kafka_message_fails_alone(targets: dict[str, Ta
                     [Item(7, ("x" * (MAX_ENVELOPE_BYTES + 1), 1.0, None))])
     parts = codec.encode_bounded(huge, MAX_ENVELOPE_BYTES)
     assert len(parts) == 1 and len(parts[0][1]) > MAX_ENVELOPE_BYTES
-    part, data = fail_alone_if_oversize(codec, *parts[0])
-    assert len(data) < 1000
-    (item,) = codec.decode(data).items
+    target = targets["sensor_readings"]
+    part, data = fail_alone_if_oversize(codec, *parts[0], target)
+    assert len(data) < 1000 + 4096  # the failure, and the first 4 KiB of the record for it
+    decoded = codec.decode(data)
+    (item,) = decoded.items
     assert (item.index, item.row, item.error_code) == (7, None, RecordCode.TOO_LARGE)
+    assert decoded.received[7].truncated
     small = Envelope("job", "sensor_readings", "insert", [Item(8, ("x", 1.0, None))])
     encoded = codec.encode(small)
-    assert fail_alone_if_oversize(codec, small, encoded) == (small, encoded)
+    assert fail_alone_if_oversize(codec, small, encoded, target) == (small, encoded)

@@ -665,3 +665,85 @@ def test_csv_round_trips_whatever_the_chunking(
     body = text.getvalue().encode()
     decoded = _read_pieces(_split(body, cuts), CSV)
     assert decoded == [row(i, a=a, b=b, c=c) for i, (a, b, c) in enumerate(rows)]
+
+
+# --- the record as received, for failures ----------------------------------------------
+
+
+def _texts(records: list[Record]) -> list[tuple[int, str, bool] | None]:
+    return [None if not isinstance(r, MalformedRecord) or r.record is None
+            else (r.index, r.record.text, r.record.truncated) for r in records]
+
+
+async def test_ndjson_records_keep_their_line_and_malformed_lines_their_text(
+        chunk: int | None) -> None:
+    body = b'{"a":1}\r\n{"a":\n"\xff\xfe"\n{"a":2}\n'
+    records = await collect(body, NDJSON, chunk)
+    assert [r.raw for r in records if isinstance(r, RawRecord)] == [b'{"a":1}\r', b'{"a":2}']
+    assert _texts(records) == [None, (1, '{"a":', False), (2, '"\ufffd\ufffd"', False), None]
+
+
+async def test_ndjson_line_too_long_keeps_its_first_4_kib(chunk: int | None) -> None:
+    short = b'{"long":"' + b"x" * 100 + b'"}'
+    long = b'{"long":"' + "é".encode() * 3000 + b'"}'
+    body = short + b"\n" + long + b"\r\n" + b'{"a":2}\n' + long
+    records = await collect(body, NDJSON, chunk, max_record_bytes=32)
+    cut = long[:4095].decode()  # 9 ASCII bytes, then two-byte characters: 4096 would split one
+    assert _texts(records) == [(0, short.decode(), False), (1, cut, True), None, (3, cut, True)]
+
+
+async def test_ndjson_line_with_too_many_fields_keeps_its_text() -> None:
+    line = orjson.dumps({"a": list(range(20))})
+    records = await collect(line + b"\n", NDJSON, max_record_fields=10)
+    assert _texts(records) == [(0, line.decode(), False)]
+
+
+async def test_csv_rows_keep_their_text_in_header_order(chunk: int | None) -> None:
+    body = b'a,b\r\n1,"x, y"\r\n"multi\nline",2\n3,4'
+    records = await collect(body, CSV, chunk)
+    assert [r.raw and r.raw.rstrip("\r\n") for r in records if isinstance(r, RawRecord)] == [
+        '1,"x, y"', '"multi\nline",2', "3,4"]
+
+
+async def test_malformed_csv_rows_keep_their_text(chunk: int | None) -> None:
+    body = b'a,b\n1\n1,2,3\n"x"y,1\n4,5\n"open,4\n'
+    records = await collect(body, CSV, chunk)
+    assert _texts(records) == [(0, "1", False), (1, "1,2,3", False), (2, '"x"y,1', False), None,
+                               (4, '"open,4', False)]
+
+
+async def test_csv_record_too_large_keeps_its_first_4_kib(chunk: int | None) -> None:
+    spanning = b'"' + b"x\n" * 50 + b'",1'  # one quoted field over 51 lines
+    long_line = b"y" * 5000 + b",1"
+    body = b"a,b\n" + spanning + b"\n2,3\n" + long_line + b"\n4,5\n"
+    records = await collect(body, CSV, chunk, max_record_bytes=32)
+    assert _texts(records) == [(0, spanning.decode(), False), None,
+                               (2, long_line[:4096].decode(), True), None]
+
+
+async def test_json_elements_skipped_unbuilt_keep_what_was_read_of_them_flagged_cut() -> None:
+    body = b'[{"a": 1, "b": [1, 2, 3, 4, 5, 6]}, {"ok": 1}]'
+    records = await collect(body, JSON, max_record_fields=4)
+    assert _texts(records) == [(0, '{"a":1,"b":[1,2]}', True), None]
+
+
+async def test_json_elements_have_no_raw_text() -> None:
+    (record,) = await collect(b'[{"a": 1}]', JSON)
+    assert isinstance(record, RawRecord) and record.raw is None
+
+
+@settings(max_examples=100)
+@given(
+    rows=st.lists(st.tuples(_CELLS, _CELLS), max_size=20),
+    cuts=st.lists(st.integers(min_value=0), max_size=40),
+)
+def test_csv_row_text_reads_back_as_the_row(rows: list[tuple[str, str]], cuts: list[int]) -> None:
+    rows = [(a.replace("\r", ""), b.replace("\r", "")) for a, b in rows]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["a", "b"])
+    writer.writerows(rows)
+    decoded = _read_pieces(_split(text.getvalue().encode(), cuts), CSV)
+    for record, (a, b) in zip(decoded, rows, strict=True):
+        assert isinstance(record, RawRecord) and isinstance(record.raw, str)
+        assert list(csv.reader(io.StringIO(record.raw))) == [[a, b]]

@@ -48,6 +48,7 @@ def _row(block: OutcomeBlock, day: date) -> dict[str, Any]:
     return {"job_id": block.job_id, "first_idx": block.first, "written_on": day,
             "idx": block.indexes, "statuses": block.statuses, "keys": block.keys,
             "codes": block.codes, "messages": block.messages,
+            "records": block.records, "records_truncated": block.records_truncated,
             "failed": block.count(RecordStatus.FAILED),
             "duplicates": block.count(RecordStatus.DUPLICATE),
             "aborted": block.count(RecordStatus.ABORTED)}
@@ -105,3 +106,28 @@ def test_render_page_is_the_documented_ndjson() -> None:
         b'{"index":0,"status":"succeeded","key":{"id":1}}\n'
         b'{"index":1,"status":"failed","key":null,"code":"wrong_type","message":"m"}\n')
     assert [orjson.loads(x)["index"] for x in render_page(page).splitlines()] == [0, 1]
+
+
+def test_a_failed_line_carries_the_record_as_received_and_says_when_it_was_cut() -> None:
+    page = [
+        Outcome("j", 0, RecordStatus.SUCCEEDED, '{"id":1}'),
+        Outcome("j", 1, RecordStatus.FAILED, None, "wrong_type", "m", '{"id":"x"}'),
+        Outcome("j", 2, RecordStatus.FAILED, None, "record_too_large", "m", "y" * 4096, True),
+        Outcome("j", 3, RecordStatus.FAILED, None, "wrong_type", "m"),  # written before records
+    ]
+    lines = [orjson.loads(x) for x in render_page(page).splitlines()]
+    assert "record" not in lines[0]
+    assert lines[1] == {"index": 1, "status": "failed", "key": None, "code": "wrong_type",
+                        "message": "m", "record": '{"id":"x"}'}
+    assert lines[2]["record"] == "y" * 4096 and lines[2]["record_truncated"] is True
+    assert "record" not in lines[3] and "record_truncated" not in lines[3]
+
+
+async def test_a_listing_gives_back_the_records_its_blocks_hold() -> None:
+    from schemas.outcomes import blocks_of
+
+    (block,) = blocks_of([Outcome("j", 0, RecordStatus.SUCCEEDED, None),
+                          Outcome("j", 1, RecordStatus.FAILED, None, "c", "m", "r1", True)])
+    pool = _Ledger([_row(block, DAY1)])
+    listed = await _listed(pool, RecordStatus.FAILED, 8)
+    assert [(o.index, o.record, o.record_truncated) for o in listed] == [(1, "r1", True)]

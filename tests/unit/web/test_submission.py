@@ -5,16 +5,30 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from schemas.received import RecordText
 
+from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeCodec, Item
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_targets
 from web.idempotency import Fingerprint
+from web.payloads import MediaType, PayloadReader
 from web.payloads.records import PayloadProblem
 from web.problems import Problem, ProblemType
-from web.submission import Spool, _broker_problem, _failure_reason, body_chunks, resolve_target
+from web.submission import (
+    FAILED_TEXT_PER_ENVELOPE,
+    Spool,
+    SubmissionContext,
+    _broker_problem,
+    _failure_reason,
+    body_chunks,
+    fail_alone_if_oversize,
+    resolve_target,
+    spool_payload,
+)
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +246,105 @@ def _raised_from(problem: Problem, cause: BaseException) -> Problem:
 def test_a_recorded_jobs_failure_reason_names_the_cause_never_the_records(
         error: BaseException, reason: str) -> None:
     assert _failure_reason(error) == reason
+
+
+# --- failed records carry the record as received --------------------------------------------
+
+
+class _Outlet:
+    """Collects the envelopes a submission makes, decoded."""
+
+    def __init__(self, codec: EnvelopeCodec) -> None:
+        self.codec = codec
+        self.envelopes: list[Envelope] = []
+        self.sizes: list[int] = []
+
+    async def add(self, target: Target, operation: str, partition: int, data: bytes,
+                  records: int) -> None:
+        self.envelopes.append(self.codec.decode(data))
+        self.sizes.append(len(data))
+
+
+async def _spooled(targets: dict[str, Target], body: bytes, media_type: MediaType, *,
+                   partitions: int = 4, batch_size: int = 1000,
+                   **limits: int) -> _Outlet:
+    codec = EnvelopeCodec(targets)
+    ctx = SubmissionContext(None, None, codec, targets, "records",  # type: ignore[arg-type]
+                            partitions, batch_size, Path("/nonexistent"))
+    outlet = _Outlet(codec)
+    reader = PayloadReader(_chunks(body), media_type, max_bytes=1 << 30, **limits)
+    await spool_payload(ctx, reader, "job", "sensor_readings", "insert", outlet)  # type: ignore[arg-type]
+    return outlet
+
+
+def _received(outlet: _Outlet) -> dict[int, RecordText]:
+    found: dict[int, RecordText] = {}
+    for envelope in outlet.envelopes:
+        failed = {item.index for item in envelope.items if item.row is None}
+        assert set(envelope.received) == failed, "every failed item has its record, no other"
+        found.update(envelope.received)
+    return found
+
+
+GOOD = b'{"sensor_id":"s-1","value":1.5,"sampled_at":"2023-10-01T12:00:00Z"}'
+
+
+async def test_ndjson_failures_carry_their_line(targets: dict[str, Target]) -> None:
+    wrong = b'{"sensor_id":"s-2","value":"high","sampled_at":"2023-10-01T12:00:00Z"}'
+    long = b'{"sensor_id":"' + b"x" * 6000 + b'","value":1,"sampled_at":0}'
+    body = b"\n".join([GOOD, b'{"sensor_id":', wrong + b"\r", long, b"[1,2]", GOOD]) + b"\n"
+    outlet = await _spooled(targets, body, MediaType.NDJSON, max_record_bytes=5000)
+    assert _received(outlet) == {
+        1: RecordText('{"sensor_id":', False),
+        2: RecordText(wrong.decode(), False),
+        3: RecordText(long[:4096].decode(), True),
+        4: RecordText("[1,2]", False),
+    }
+
+
+async def test_csv_failures_carry_their_row_as_csv_text(targets: dict[str, Target]) -> None:
+    body = (b"sensor_id,value,sampled_at\r\n"
+            b"s-1,1.5,2023-10-01T12:00:00Z\r\n"
+            b"s-2,high,2023-10-01T12:00:00Z\r\n"
+            b"s-3,1.5\r\n"
+            b'"s-4\nmulti",x,0\r\n')
+    outlet = await _spooled(targets, body, MediaType.CSV)
+    assert _received(outlet) == {
+        1: RecordText("s-2,high,2023-10-01T12:00:00Z", False),
+        2: RecordText("s-3,1.5", False),
+        3: RecordText('"s-4\nmulti",x,0', False),
+    }
+
+
+async def test_json_failures_carry_their_element_re_serialised(targets: dict[str, Target]) -> None:
+    body = b'[{"sensor_id": "s-1", "value": 1.5, "sampled_at": 0}, {"sensor_id": 7}, "text"]'
+    outlet = await _spooled(targets, body, MediaType.JSON)
+    assert _received(outlet) == {1: RecordText('{"sensor_id":7}', False),
+                                 2: RecordText('"text"', False)}
+
+
+async def test_a_payload_of_failures_holds_a_bounded_text_per_envelope(
+        targets: dict[str, Target]) -> None:
+    """Every record fails, each with 4 KiB kept: envelopes are made by the text they hold, not
+    only by record count, so neither the buffers nor one envelope grow with the payload."""
+    line = b'{"sensor_id":"' + b"y" * 5000 + b'","value":"x","sampled_at":0}\n'
+    outlet = await _spooled(targets, line * 2000, MediaType.NDJSON, partitions=2)
+    received = _received(outlet)
+    assert sorted(received) == list(range(2000))
+    assert all(text.truncated and len(text.text) == 4096 for text in received.values())
+    for envelope in outlet.envelopes:
+        held = sum(len(text.text) for text in envelope.received.values())
+        assert held <= FAILED_TEXT_PER_ENVELOPE + 4096
+    assert max(outlet.sizes) <= MAX_ENVELOPE_BYTES
+
+
+def test_a_record_too_large_for_kafka_fails_with_its_columns_as_json(
+        targets: dict[str, Target]) -> None:
+    codec = EnvelopeCodec(targets)
+    sampled = datetime(2023, 10, 1, 12, 0, tzinfo=UTC)
+    part = Envelope("job", "sensor_readings", "insert", [Item(5, ("z" * 1_000_000, 1.0, sampled))])
+    failed, data = fail_alone_if_oversize(codec, part, codec.encode(part), targets["sensor_readings"])
+    assert failed.items == [Item(5, None, "record_too_large", failed.items[0].error_message)]
+    text = failed.received[5]
+    assert text.truncated and text.text.startswith('{"sensor_id":"zzz')
+    assert codec.decode(data) == failed
