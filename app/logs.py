@@ -48,7 +48,8 @@ class JsonFormatter(logging.Formatter):
         doc.update(_extras(record))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        # Keys that are not plain str (an enum's members) are written, not a lost line.
+        return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -67,7 +68,8 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    text = value if isinstance(value, str) else orjson.dumps(
+        value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     return text if text and " " not in text else orjson.dumps(text).decode()
 
 

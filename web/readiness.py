@@ -87,7 +87,7 @@ class CachedReadiness:
             checks = await self._probe()
             self._last = Readiness(checks, self._clock())
             if not self._last.ready:
-                log.warning("not ready", extra={"checks": dict(checks)})
+                log.warning("not ready", extra={"checks": self._last.by_name})
             return self._last
 
     def age_s(self, readiness: Readiness) -> float:

@@ -72,6 +72,16 @@ def test_non_json_extra_values_become_strings() -> None:
     assert doc["kind"] == str(object)
 
 
+def test_a_mapping_keyed_by_an_enum_is_written_not_lost() -> None:
+    from web.readiness import Service
+
+    checks = {Service.POSTGRESQL: "ok", Service.REDIS: "ConnectionError", 7: "x"}
+    assert _format(_record(extra={"checks": checks}))["checks"] == {
+        "postgresql": "ok", "redis": "ConnectionError", "7": "x"}
+    text = TextFormatter().format(_record(extra={"checks": checks}))
+    assert '"redis":"ConnectionError"' in text
+
+
 def test_private_and_standard_attributes_are_left_out() -> None:
     doc = _format(_record(extra={"_internal": "x", "job_id": "j"}))
     assert "_internal" not in doc
