@@ -43,7 +43,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
     except (binascii.Error, UnicodeError, ValueError):
         raise _bad("cursor is not one this service gave") from None
-    if not job_id or moment.tzinfo is None:
+    if not job_id or moment.tzinfo is None or not jobs.storable(job_id):
         raise _bad("cursor is not one this service gave")
     return moment, job_id
 

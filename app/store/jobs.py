@@ -292,11 +292,19 @@ async def find_sealed(pool: asyncpg.Pool, tenant: str, idempotency_key: str) -> 
     return dict(row) if row is not None else None
 
 
+def storable(text: str) -> bool:
+    """Whether PostgreSQL text can hold ``text`` (it cannot hold NUL): a client's id or
+    filter that it cannot hold names nothing stored, and is never sent to it."""
+    return "\x00" not in text
+
+
 async def get_for_tenant(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:
     """A job row if it belongs to ``tenant``, else None, exactly as for an unknown id.
 
     Jobs without a tenant (Kafka producer partitions) belong to no HTTP tenant.
     """
+    if not storable(job_id):
+        return None
     row = await pool.fetchrow("SELECT * FROM sluice_jobs WHERE job_id = $1 AND tenant = $2",
                               job_id, tenant)
     return dict(row) if row is not None else None
@@ -317,6 +325,8 @@ async def list_for_tenant(
     """A tenant's jobs, newest first, paged by (created_at, job_id) so that a page never
     repeats or skips a job however many are created meanwhile. Submissions still
     receiving are left out, as ``get_for_tenant``'s callers leave them out."""
+    if target is not None and not storable(target):
+        return JobPage([], None)
     rows = await pool.fetch(
         "SELECT * FROM sluice_jobs WHERE tenant = $1 AND state <> $2"
         " AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4))"

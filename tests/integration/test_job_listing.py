@@ -77,3 +77,19 @@ async def test_a_cursor_that_was_not_given_is_a_400(http: aiohttp.ClientSession)
         assert response.status == 400
         problem = await response.json(content_type="application/problem+json")
     assert problem["type"].endswith("/bad-parameter")
+
+
+async def test_a_nul_that_postgresql_cannot_hold_names_no_job_and_is_no_500(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Found by the contract run: a NUL in an id or filter reached PostgreSQL (500)."""
+    for method, url, status in (
+        ("GET", "/v1/bulk-operations/a%00b", 404),
+        ("GET", "/v1/bulk-operations/a%00b/results", 404),
+        ("DELETE", "/v1/bulk-operations/a%00b", 404),
+        ("GET", "/v1/bulk-operations?target=a%00b", 200),
+        ("POST", "/v1/bulk-operations?target=sensor_readings&retry_of=a%00b", 422),
+    ):
+        async with http.request(method, url, data=ndjson([reading("nul", 0)]),
+                                headers={"Content-Type": "application/x-ndjson"}) as response:
+            assert response.status == status, (method, url, await response.text())

@@ -79,7 +79,8 @@ def test_a_cursor_round_trips_to_the_microsecond() -> None:
 
 
 @pytest.mark.parametrize("cursor", ["", "not base64!", "bm90aGluZw==", "MjAyNi0xMi0wNnw=",
-                                    "MjAyNi0xMi0wNlQwMTowMjowM3xqb2I="])
+                                    "MjAyNi0xMi0wNlQwMTowMjowM3xqb2I=",
+                                    "MjAyNi0xMi0wNlQwMTowMjowMyswMDowMHxqAGI="])  # NUL in the id
 def test_a_cursor_not_made_here_is_a_400(cursor: str) -> None:
     with pytest.raises(Problem) as refused:
         decode_cursor(cursor)
