@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -44,7 +45,9 @@ def readings_file(path: Path, tag: str, n: int, bad_every: int = 0) -> list[int]
 
 
 def job_id_of(output: str) -> str:
-    return output.split("job ", 1)[1].split(" accepted", 1)[0].strip().strip("[]/bold")
+    found = re.search(r"job ([0-9a-f-]{36}) accepted", output)
+    assert found, output
+    return found.group(1)
 
 
 async def test_submit_watch_shows_the_summary_writes_the_failures_and_exits_3(
