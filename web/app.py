@@ -144,6 +144,8 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("DELETE", "/v1/bulk-operations/{job_id}", views.abort_bulk_operation),
         ("GET", "/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results),
         ("GET", "/v1/targets", target_discovery.list_targets),
+        # Before /v1/targets/{name}, whose {name} would take "sensor_readings.proto" too.
+        ("GET", "/v1/targets/{name}.proto", target_discovery.get_target_proto),
         ("GET", "/v1/targets/{name}", target_discovery.get_target),
         ("GET", OPENAPI_PATH, views.openapi_view(openapi_json())),
         ("GET", "/healthz", views.healthz),

@@ -83,6 +83,7 @@ _ERRORS: Final[dict[str, dict[int, tuple[ProblemSlug, ...]]]] = {
     },
     "listTargets": {**_AUTH},
     "getTarget": {**_AUTH, 404: (ProblemType.TARGET_NOT_FOUND,)},
+    "getTargetProto": {**_AUTH, 404: (ProblemType.TARGET_NOT_FOUND,)},
 }
 
 _RETRY_AFTER_STATUSES: Final = frozenset({409, 429, 503})
@@ -261,8 +262,9 @@ def _component_schemas() -> _Schema:
                 "formats": {"type": "array", "items": {"enum": [m.value for m in MediaType]}},
                 "operations": {"type": "array", "items": _ref("Operation"), "minItems": 1},
                 "schema": {"type": "object", "description": "The target's Avro schema."},
-                "links": {"type": "object", "required": ["self"],
-                          "properties": {"self": {"type": "string"}}},
+                "links": {"type": "object", "required": ["self", "proto"],
+                          "properties": {"self": {"type": "string"},
+                                         "proto": {"type": "string"}}},
             },
         },
         "TargetList": {
@@ -308,7 +310,8 @@ def _paths() -> _Schema:
     job_path = "/v1/bulk-operations/{job_id}"
     submit_parameters = [
         {"name": "target", "in": "query", "required": False,
-         "description": "The target; or `target` in a JSON envelope.",
+         "description": "The target; or `target` in a JSON envelope. Required for Protobuf "
+                        "and Avro bodies.",
          "schema": {"type": "string"}, "examples": {"sensor_readings": {"value": "sensor_readings"}}},
         {"name": "operation", "in": "query", "required": False,
          "description": "Defaults to `insert`.", "schema": _ref("Operation")},
@@ -341,6 +344,17 @@ def _paths() -> _Schema:
                        for name in MEDIA_TYPE_NAMES if media_type_for(name) is MediaType.NDJSON},
                     MediaType.CSV.value: {"schema": {
                         "type": "string", "description": "A header row, then one row per record."}},
+                    **{name: {"schema": {
+                        "type": "string", "format": "binary",
+                        "description": "Messages of the target's class (GET "
+                                       "/v1/targets/{name}.proto), each preceded by its length "
+                                       "as a varint (writeDelimitedTo). Needs ?target=."}}
+                       for name in MEDIA_TYPE_NAMES if media_type_for(name) is MediaType.PROTOBUF},
+                    MediaType.AVRO.value: {"schema": {
+                        "type": "string", "format": "binary",
+                        "description": "An Avro Object Container File (codec null or deflate) "
+                                       "whose schema resolves against the target's. Needs "
+                                       "?target=."}},
                 }},
                 "responses": _responses("submitBulkOperation", {"200": {
                     "description": "With `Prefer: wait=N`: the job ended within N seconds "
@@ -416,6 +430,18 @@ def _paths() -> _Schema:
                 "tags": ["targets"],
                 "responses": _responses("listTargets", {"200": {
                     "description": "The targets.", "content": _json_content(_ref("TargetList"))}}),
+            },
+        },
+        "/v1/targets/{name}.proto": {
+            "get": {
+                "operationId": "getTargetProto",
+                "summary": "One target's record as a proto3 message, for Protobuf bodies.",
+                "tags": ["targets"],
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": _responses("getTargetProto", {"200": {
+                    "description": "The .proto file (package sluice.targets).",
+                    "content": {"text/plain; charset=utf-8": {"schema": {"type": "string"}}}}}),
             },
         },
         "/v1/targets/{name}": {

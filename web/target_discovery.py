@@ -1,5 +1,6 @@
 """Target discovery: the targets a caller may write, with their schema, key, the body
-formats the ingress reads and the operations the access policy grants this caller.
+formats the ingress reads and the operations the access policy grants this caller; and each
+target's records as a Protobuf message (``.proto``), for clients sending Protobuf bodies.
 
 A target the caller may not use is answered as one that does not exist (404), as jobs of
 another tenant are: the list of a deployment's tables is not everyone's to read.
@@ -11,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from schemas.protobuf import proto_text
 from schemas.targets import Target
 from schemas.vocabulary import Operation
 from web.access import AccessPolicy, is_allowed
@@ -37,7 +39,8 @@ def target_document(target: Target, operations: list[str]) -> dict[str, Any]:
         "formats": [media.value for media in MediaType],
         "operations": operations,
         "schema": target.document,
-        "links": {"self": f"/v1/targets/{target.name}"},
+        "links": {"self": f"/v1/targets/{target.name}",
+                  "proto": f"/v1/targets/{target.name}.proto"},
     }
 
 
@@ -61,8 +64,9 @@ async def list_targets(request: web.Request) -> web.Response:
     return web.json_response({"targets": documents})
 
 
-async def get_target(request: web.Request) -> web.Response:
-    """GET /v1/targets/{name}: one target, or 404 if it does not exist for this caller."""
+def _open_target(request: web.Request) -> tuple[Target, list[str]]:
+    """The target the path names and the caller's operations on it; 404 if it does not exist
+    for this caller."""
     principal = _reader(request)
     name = request.match_info["name"]
     target = request.app[targets_key].get(name)
@@ -70,4 +74,16 @@ async def get_target(request: web.Request) -> web.Response:
     if target is None or not operations:
         raise Problem(404, "Target not found", "no target of that name is open to this caller",
                       slug=ProblemType.TARGET_NOT_FOUND)
-    return web.json_response(target_document(target, operations))
+    return target, operations
+
+
+async def get_target(request: web.Request) -> web.Response:
+    """GET /v1/targets/{name}: one target, or 404 if it does not exist for this caller."""
+    return web.json_response(target_document(*_open_target(request)))
+
+
+async def get_target_proto(request: web.Request) -> web.Response:
+    """GET /v1/targets/{name}.proto: the target's record as a proto3 message, for protoc;
+    404 as for the target itself."""
+    target, _ = _open_target(request)
+    return web.Response(text=proto_text(target), content_type="text/plain", charset="utf-8")

@@ -15,11 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import metrics
 from app.store import jobs, ledger
-from schemas.vocabulary import JobState, RecordStatus
+from schemas.vocabulary import JobState, Operation, RecordStatus
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
 from web.job_endings import job_endings_key, preferred_wait_s
 from web.payloads import PayloadReader, media_type_for
+from web.payloads.media import BINARY_MEDIA_TYPES
 from web.payloads.records import PayloadProblem
 from web.problems import Problem, ProblemType
 from web.readiness import readiness_key
@@ -150,9 +151,14 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
     media_type = media_type_for(request.headers.get("Content-Type"))
     query_target = request.query.get("target")
     query_operation = request.query.get("operation")
+    if media_type in BINARY_MEDIA_TYPES and not query_target:
+        raise Problem(422, "Missing target",
+                      f"a {media_type} body does not name its target: give ?target=NAME",
+                      slug=ProblemType.MISSING_TARGET)
+    target_schema = None
     if query_target:  # refuse early, before reading the body; checked again once it is parsed
         # An unknown name is 422 first: the policy check then never repeats a client's string.
-        known_target(request.app[submission_key].targets, query_target)
+        target_schema = known_target(request.app[submission_key].targets, query_target)
         check_target(request, principal, query_target,
                      query_operation if query_operation in ("insert", "upsert", "delete") else None)
     retried = await _retried_job(request, principal.tenant)
@@ -196,6 +202,7 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
                 max_bytes=settings.max_body_bytes,
                 max_record_bytes=settings.max_record_bytes,
                 max_record_fields=settings.max_record_fields,
+                target_schema=target_schema, key_only=query_operation == Operation.DELETE,
             )
             async def admit(target: str, operation: str, records: int) -> None:
                 check_target(request, principal, target, operation)

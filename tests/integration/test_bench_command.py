@@ -15,7 +15,7 @@ def test_bench_prints_every_figure_as_json() -> None:
          "--big-mb", "0.5", "--producer-records", "300", "--sweep", "2000",
          "--sweep-records", "1000", "--small-jobs", "24", "--small-job-records", "50",
          "--small-clients", "4", "--long-records", "900", "--long-payload-records", "400",
-         "--no-kafka", "--json"],
+         "--format-records", "2000", "--no-kafka", "--json"],
         capture_output=True, timeout=280, check=False,
     )
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
@@ -62,6 +62,16 @@ def test_bench_prints_every_figure_as_json() -> None:
     assert all(p["peak_web_rss_mb"] > 10 and p["peak_worker_rss_mb"] > 10 for p in long["payloads"])
     assert {"web RSS flat over 900 records (3 payloads)",
             "worker RSS flat over 900 records (3 payloads)"} <= {t["what"] for t in figures["targets"]}
+    formats = figures["formats"]
+    assert formats["records"] == 2000
+    assert [r["format"] for r in formats["runs"]] == [
+        "NDJSON", "JSON", "CSV", "Protobuf", "Avro", "Avro, deflate"]
+    for run in formats["runs"]:
+        assert run["states"] == ["completed"], run
+        assert run["bytes_per_record"] > 0 and run["records_per_s"] > 0
+        assert run["parse_us_per_record"] > 0 and run["web_cpu_us_per_record"] >= 0
+    by_format = {r["format"]: r for r in formats["runs"]}
+    assert by_format["Protobuf"]["bytes_per_record"] < by_format["NDJSON"]["bytes_per_record"]
     assert "kafka" not in figures  # --no-kafka: its runs are tested in the Kafka lane
     # Progress goes to stderr, so that stdout stays machine-readable.
     assert b"one payload of 4,000 records" in completed.stderr

@@ -27,7 +27,8 @@ async def test_a_writer_sees_the_target_its_schema_key_formats_and_every_granted
         ("sensor_id", "string", False), ("value", "double", False),
         ("sampled_at", "timestamp-millis", False)]
     assert target["schema"] == json.loads((BUILTIN_TARGETS_DIR / "sensor_readings.avsc").read_text())
-    assert set(target["formats"]) == {"application/json", "application/x-ndjson", "text/csv"}
+    assert set(target["formats"]) == {"application/json", "application/x-ndjson", "text/csv",
+                                      "application/x-protobuf", "application/avro"}
     assert target["operations"] == ["insert", "upsert", "delete"]
     status, _, one = await _get(stack, "/v1/targets/sensor_readings", stack.auth_headers)
     assert (status, one) == (200, target)

@@ -15,7 +15,14 @@ class MediaType(enum.StrEnum):
     JSON = "application/json"
     NDJSON = "application/x-ndjson"
     CSV = "text/csv"
+    PROTOBUF = "application/x-protobuf"
+    """Length-delimited messages of the target's class (GET /v1/targets/{name}.proto)."""
+    AVRO = "application/avro"
+    """An Avro Object Container File, its schema resolved against the target's."""
 
+
+BINARY_MEDIA_TYPES: Final = frozenset({MediaType.PROTOBUF, MediaType.AVRO})
+"""Bodies decoded by the target's schema, which they do not name: ?target= must."""
 
 _MEDIA_TYPES: Final = {
     "application/json": MediaType.JSON,
@@ -23,6 +30,9 @@ _MEDIA_TYPES: Final = {
     "application/ndjson": MediaType.NDJSON,
     "application/jsonl": MediaType.NDJSON,
     "text/csv": MediaType.CSV,
+    "application/x-protobuf": MediaType.PROTOBUF,
+    "application/protobuf": MediaType.PROTOBUF,
+    "application/avro": MediaType.AVRO,
 }
 MEDIA_TYPE_NAMES: Final = tuple(_MEDIA_TYPES)
 """Every Content-Type a body may carry, aliases included."""

@@ -11,6 +11,8 @@ import orjson
 
 from app.errors import SluiceError
 from schemas.received import record_text
+from schemas.targets import Target
+from web.payloads.avro_format import AvroFramer
 from web.payloads.csv_format import CsvFramer
 from web.payloads.encodings import decoder_for
 from web.payloads.json_format import JsonFramer
@@ -22,7 +24,8 @@ from web.payloads.limits import (
     fields_need_counting_past,
 )
 from web.payloads.lines import TOO_LONG, LineSplitter
-from web.payloads.media import MediaType
+from web.payloads.media import BINARY_MEDIA_TYPES, MediaType
+from web.payloads.protobuf_format import ProtobufFramer
 from web.payloads.records import (
     ConvertedRecord,
     LineDecoder,
@@ -45,7 +48,9 @@ class PayloadReader:
     anything before the iteration ends). ``target`` and ``operation`` are set
     from a JSON envelope as soon as they are read; they must precede
     ``"records"`` in the envelope, so they are known before the first record.
-    A zero-byte body yields no records for JSON and NDJSON; CSV needs a header.
+    A zero-byte body yields no records for JSON, NDJSON, Protobuf and Avro; CSV needs a
+    header. Protobuf and Avro bodies are decoded by ``target_schema`` (they do not name
+    their target); ``key_only`` keeps only its key columns, for a delete.
 
     One record may take at most ``max_record_bytes`` and hold at most
     ``max_record_fields`` values (see ``web.payloads.limits``): these, not the body
@@ -61,10 +66,17 @@ class PayloadReader:
         max_bytes: int,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         max_record_fields: int = DEFAULT_MAX_RECORD_FIELDS,
+        target_schema: Target | None = None,
+        key_only: bool = False,
     ) -> None:
         self._decoder = decoder_for(content_encoding)
         if max_bytes < 1 or max_record_bytes < 1 or max_record_fields < 1:
             raise SluiceError("max_bytes, max_record_bytes and max_record_fields must be positive")
+        if media_type in BINARY_MEDIA_TYPES and target_schema is None:
+            raise SluiceError(f"a {media_type} body is decoded by its target_schema: give it")
+        self._target_schema = target_schema
+        """The target a Protobuf or Avro body is decoded by; ``key_only`` for a delete's."""
+        self._key_only = key_only
         self._chunks = chunks
         self._media_type = media_type
         self._max_bytes = max_bytes
@@ -102,6 +114,8 @@ class PayloadReader:
             return self._ndjson(on_settled)
         if self._media_type == MediaType.JSON:
             return _in_lists(self._json(on_settled))
+        if self._media_type in BINARY_MEDIA_TYPES:
+            return self._binary(on_settled)
         return _in_lists(self._csv(on_settled))
 
     # --- body -----------------------------------------------------------------------
@@ -262,6 +276,27 @@ class PayloadReader:
             raise PayloadError(400, "the body is not valid JSON (is it truncated?)") from None
         for record in framer.feed(events, position):
             yield record
+        framer.finish()
+
+    async def _binary(
+        self, on_settled: Callable[[], None] | None
+    ) -> AsyncIterator[list[RawRecord | ConvertedRecord | MalformedRecord]]:
+        """Protobuf or Avro: the framer holds one message or block; it yields bounded lists."""
+        target = self._target_schema
+        assert target is not None  # checked when the reader was made
+        framer: ProtobufFramer | AvroFramer
+        if self._media_type == MediaType.PROTOBUF:
+            framer = ProtobufFramer(target, max_record_bytes=self._max_record_bytes,
+                                    key_only=self._key_only)
+        else:
+            framer = AvroFramer(target, max_record_bytes=self._max_record_bytes,
+                                max_bytes=self._max_bytes, key_only=self._key_only)
+        if on_settled is not None:
+            on_settled()
+        async with aclosing(self._body()) as body:
+            async for piece in body:
+                for batch in framer.feed(piece):
+                    yield batch
         framer.finish()
 
 

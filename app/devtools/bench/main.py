@@ -14,6 +14,7 @@ import orjson
 
 from app.devtools.bench import scenarios
 from app.devtools.bench.csv_peer import INSTALL_HINT, csv_run, find_pgloader
+from app.devtools.bench.formats import FORMATS, formats_run
 from app.devtools.bench.goals import targets
 from app.devtools.bench.long_run import LONG_PAYLOAD_RECORDS, long_run
 from app.devtools.bench.on_kafka import kafka_runs
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load --records rows as one CSV file with pgloader and with Sluice")
     parser.add_argument("--pgloader", default="pgloader",
                         help="the pgloader command (absent: that comparison is not measured)")
+    parser.add_argument("--format-records", type=int, default=200_000,
+                        help="records sent once in each body format (NDJSON, JSON, CSV, Protobuf, "
+                             "Avro), fresh keys each time, to compare them (0 skips it)")
     parser.add_argument("--small-jobs", type=int, default=1000,
                         help="small jobs, each polled to its end before the client sends the next "
                              "(0 skips them)")
@@ -133,6 +137,9 @@ async def _other_runs(services: BenchServices, pipeline: Pipeline, args: argpars
         say(f"the same {n:,} rows as one CSV file: " + ("pgloader, then " if pgloader else "") + "Sluice")
         csv = await csv_run(pipeline, services.dsn, f"{tag}-csv", n, services.data, pgloader)
         figures["csv"] = csv.as_doc()
+    if args.format_records > 0:
+        say(f"{args.format_records:,} records in each of {len(FORMATS)} body formats")
+        figures["formats"] = await formats_run(pipeline, f"{tag}-fmt", args.format_records, say)
     if args.small_jobs > 0:
         say(f"{args.small_jobs:,} small jobs of {args.small_job_records:,} records from "
             f"{args.small_clients} clients, each polling its job to the end")

@@ -41,6 +41,13 @@ def rss_bytes(pid: int) -> int:
     raise ProcessLookupError(pid)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far, user and system (Linux /proc)."""
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssWatch:
     """Samples processes' resident memory every 20 ms in a task: the highest of any one of
     them over the whole watch, and since the last ``new_window`` (one payload of a long run)."""

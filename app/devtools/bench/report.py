@@ -58,6 +58,18 @@ def _runs(figures: dict[str, Any]) -> list[str]:
     return [*_table(("run", "records", "MB", "to 202 s", "end to end s", "records/s"), rows), *notes]
 
 
+def _formats(formats: dict[str, Any]) -> list[str]:
+    """The same records in each body format: size, speed and the web's cost per record."""
+    rows = [(run["format"], f"{run['bytes_per_record']:.1f}", f"{run['to_202_s']:.2f}",
+             f"{run['total_s']:.2f}", _n(run["records_per_s"]), f"{run['parse_us_per_record']:.1f}",
+             f"{run['web_cpu_us_per_record']:.1f}")
+            for run in formats["runs"]]
+    return ["", f"body formats: {_n(formats['records'])} records in each, one payload at a time "
+            "(parse: the web's parse stage, wall time; web CPU: parse and produce)",
+            *_table(("format", "bytes/record", "to 202 s", "end to end s", "records/s",
+                     "parse us/record", "web CPU us/record"), rows)]
+
+
 def _small_jobs(small: dict[str, Any], inline: dict[str, Any] | None) -> list[str]:
     def row(run: dict[str, Any], how: str) -> tuple[str, ...]:
         ms = {k: f"{run[k] * 1000:.0f}" for k in ("p50_s", "p90_s", "p99_s", "max_s")}
@@ -120,6 +132,8 @@ def _on_kafka(kafka: dict[str, Any]) -> list[str]:
 def render(figures: dict[str, Any]) -> str:
     """Every figure of one bench run, as aligned plain-text tables."""
     out = [f"Sluice benchmark, {figures['machine']}", "", *_runs(figures), *_retries(figures)]
+    if formats := figures.get("formats"):
+        out += _formats(formats)
     if small := figures.get("small_jobs"):
         out += _small_jobs(small, figures.get("small_jobs_inline"))
     if long := figures.get("long"):

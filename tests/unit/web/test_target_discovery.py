@@ -40,4 +40,6 @@ def test_the_document_holds_the_key_the_columns_the_schema_and_the_formats() -> 
     assert document["schema"] == orjson.loads((BUILTIN_TARGETS_DIR / "sensor_readings.avsc").read_bytes())
     assert document["doc"].startswith("One measurement from one sensor")
     assert "text/csv" in document["formats"] and document["operations"] == ["insert"]
-    assert document["links"] == {"self": "/v1/targets/sensor_readings"}
+    assert {"application/x-protobuf", "application/avro"} <= set(document["formats"])
+    assert document["links"] == {"self": "/v1/targets/sensor_readings",
+                                 "proto": "/v1/targets/sensor_readings.proto"}
