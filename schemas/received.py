@@ -11,7 +11,8 @@ The text depends on where the failure was found:
   text with its fields in the header's order, both without the line end. The streaming
   JSON parser keeps no element's text, so a JSON body element is given as its decoded
   value, re-serialised as compact JSON. An element abandoned while it was read (too deep,
-  too many fields) gives what was read of it, flagged cut.
+  too many fields) gives what was read of it, flagged cut. A Protobuf or Avro record has
+  no text to give back: it is given as the JSON of its decoded values.
 - By the worker (the database refused the row: a SQLSTATE, or ``write_failed``) only the
   converted values travel in the envelope. The record is then those values as a JSON
   object of the target's columns in column order (only the key for a delete), with
@@ -20,7 +21,8 @@ The text depends on where the failure was found:
   So does a record that fits no Kafka message once packed, whose text is gone by then.
 
 A failure with nothing to show has none: a record of an envelope the worker cannot read,
-or of a target it does not know, and a producer's Avro message that does not decode.
+or of a target it does not know, a producer's Avro message that does not decode, and a
+Protobuf message of a body that does not parse.
 """
 
 from __future__ import annotations
