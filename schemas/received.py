@@ -50,13 +50,20 @@ class RecordText(NamedTuple):
     truncated: bool = False
 
 
+_NUL, _REPLACEMENT = b"\x00", "\ufffd".encode()
+
+
 def record_text(raw: bytes | str) -> RecordText:
-    """The text of a record as received (bytes that are not UTF-8 become U+FFFD), without its
-    line end, cut to RECORD_TEXT_BYTES on a character boundary."""
+    """The text of a record as received (bytes that are not UTF-8 become U+FFFD, and so does
+    NUL, which PostgreSQL text cannot hold: the ledger could not store the record, and its
+    whole write would fail), without its line end, cut to RECORD_TEXT_BYTES on a character
+    boundary."""
     whole = len(raw) <= RECORD_HEAD_BYTES  # past that, the end is cut off, line end or not
     if isinstance(raw, str):
         # More characters than that are more bytes than that: only a head needs encoding.
         raw = raw[:RECORD_HEAD_BYTES].encode("utf-8", "replace")
+    if _NUL in raw:
+        raw = raw[:RECORD_HEAD_BYTES].replace(_NUL, _REPLACEMENT)
     if whole:
         raw = raw[:-1] if raw.endswith(b"\n") else raw
         raw = raw[:-1] if raw.endswith(b"\r") else raw

@@ -90,6 +90,22 @@ async def test_a_failed_csv_row_carries_its_csv_text(http: aiohttp.ClientSession
     assert "record" not in outcome[0] and "record" not in outcome[3]
 
 
+async def test_a_failed_record_with_a_nul_is_kept_and_the_worker_goes_on(
+    http: aiohttp.ClientSession,
+) -> None:
+    """PostgreSQL text holds no NUL: a record text with one stopped the worker at the
+    ledger's COPY, at every retry. Its NULs are kept as U+FFFD."""
+    tag = f"fnul-{uuid.uuid4().hex[:8]}"
+    body = b'not json \x00 at all\n{"sensor_id": "' + tag.encode() + b'", "value": "a\x00b"}\n'
+    for media_type in ("application/x-ndjson", "text/csv"):
+        if media_type == "text/csv":
+            body = b"sensor_id,value,sampled_at\n" + tag.encode() + b",x\x00y,2023-10-01T12:00:00Z\n"
+        job, outcome = await _run(http, body, media_type)
+        assert job["counts"]["failed"] == len(outcome) >= 1
+        assert all("\x00" not in line["record"] and "\ufffd" in line["record"]
+                   for line in outcome.values())
+
+
 async def test_a_row_refused_by_a_table_rule_carries_its_columns(
         http: aiohttp.ClientSession, db: asyncpg.Pool) -> None:
     tag = f"fchk-{uuid.uuid4().hex[:8]}"

@@ -62,8 +62,9 @@ def test_a_cut_never_splits_a_character(char: str, lead: int) -> None:
 @given(st.text(max_size=3 * RECORD_TEXT_BYTES))
 def test_the_cut_is_the_longest_prefix_that_fits(text: str) -> None:
     data = text.encode("utf-8", "surrogatepass")
-    if "\r" in text or "\n" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        return  # line ends and lone surrogates have their own tests
+    if "\r" in text or "\n" in text or "\x00" in text or any(
+            0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return  # line ends, NUL and lone surrogates have their own tests
     cut = record_text(data)
     assert cut == record_text(text)
     assert cut.truncated == (len(data) > RECORD_TEXT_BYTES)
@@ -164,3 +165,13 @@ def test_dates_nulls_and_micros(tmp_path: Path) -> None:
         '{"id":7,"day":"2024-02-29","at":"2024-02-29T00:00:00.000001Z","ok":true}')
     assert row_text(target, (7, None, at, False), "insert").text == (
         '{"id":7,"day":null,"at":"2024-02-29T00:00:00.000001Z","ok":false}')
+
+
+@pytest.mark.parametrize("raw", [b'{"a": "x\x00y"}', "a,b\x00c", b"\x00" * 5000, "\x00" * 5000])
+def test_no_record_text_holds_a_nul_which_postgresql_text_cannot(raw: bytes | str) -> None:
+    """A NUL once reached the ledger's COPY and stopped the worker: the record's whole write
+    failed, again at every retry."""
+    text = record_text(raw)
+    assert "\x00" not in text.text
+    assert len(text.text.encode()) <= RECORD_TEXT_BYTES
+    assert text.truncated == (len(raw) * 3 > RECORD_TEXT_BYTES)
