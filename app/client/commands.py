@@ -75,7 +75,8 @@ def add_client_commands(sub: Any) -> None:
     submit.add_argument("--operation", default=Operation.INSERT.value,
                         choices=[op.value for op in Operation])
     submit.add_argument("--format", choices=sorted(FORMATS),
-                        help="default: from the file name (.ndjson/.jsonl, .json, .csv; .gz after it)")
+                        help="default: from the file name (.ndjson/.jsonl, .json, .csv, .pb, .avro; "
+                             ".gz after it)")
     submit.add_argument("--compress", choices=[c.value for c in Compression],
                         default=Compression.NONE.value, help="compress the body while sending it")
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")

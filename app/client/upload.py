@@ -25,8 +25,10 @@ except ImportError:
 CHUNK_BYTES = 256 * 1024
 
 _BY_SUFFIX = {".ndjson": "application/x-ndjson", ".jsonl": "application/x-ndjson",
-              ".json": "application/json", ".csv": "text/csv"}
-FORMATS = {"ndjson": "application/x-ndjson", "json": "application/json", "csv": "text/csv"}
+              ".json": "application/json", ".csv": "text/csv", ".avro": "application/avro",
+              ".pb": "application/x-protobuf", ".binpb": "application/x-protobuf"}
+FORMATS = {"ndjson": "application/x-ndjson", "json": "application/json", "csv": "text/csv",
+           "protobuf": "application/x-protobuf", "avro": "application/avro"}
 
 
 class Compression(enum.StrEnum):
@@ -105,7 +107,7 @@ def plan_upload(path: Path, fmt: str | None, compress: Compression) -> Upload:
     content_type = FORMATS.get(fmt or "") or (_BY_SUFFIX.get(suffixes[-1]) if suffixes else None)
     if content_type is None:
         raise SluiceError(f"cannot tell the format of {path.name}: name it .ndjson, .jsonl, "
-                          ".json or .csv, or give --format")
+                          ".json, .csv, .pb (length-delimited Protobuf) or .avro, or give --format")
     if gzipped and compress is not Compression.NONE:
         raise SluiceError(f"{path.name} is gzip already: leave out --compress")
     if gzipped:

@@ -9,11 +9,14 @@ import re
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import fastavro
 import orjson
 
+from schemas.targets import BUILTIN_TARGETS_DIR
 from tests.integration.conftest import Stack, token_for
 from tests.integration.helpers import reading
 
@@ -93,6 +96,16 @@ async def test_gzip_files_and_br_gzip_zstd_on_the_way_complete_and_exit_0(
                          cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "completed" in done.stdout
+    # An Avro file, its format told by its name.
+    schema = fastavro.parse_schema(orjson.loads((BUILTIN_TARGETS_DIR / "sensor_readings.avsc").read_bytes()))
+    with (tmp_path / "rows.avro").open("wb") as out:
+        fastavro.writer(out, schema, [
+            {"sensor_id": f"{tag}-avro", "value": float(i),
+             "sampled_at": datetime(2026, 3, 1, 0, 0, i, tzinfo=UTC)} for i in range(50)],
+            codec="deflate")
+    done = await run(stack, "submit", "rows.avro", "--target", "sensor_readings", "--watch",
+                     cwd=tmp_path)
+    assert done.returncode == 0 and "50 records" in done.stdout, done.stdout + done.stderr
     # The .gz file holds the same records: upserted, they are all duplicates.
     done = await run(stack, "submit", "packed.ndjson.gz", "--target", "sensor_readings",
                      "--operation", "upsert", "--watch", cwd=tmp_path)

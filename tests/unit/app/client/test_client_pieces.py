@@ -32,6 +32,9 @@ except ImportError:
     ("a.csv.gz", None, "text/csv", "gzip"),
     ("a.data", "ndjson", "application/x-ndjson", None),
     ("a.data.gz", "csv", "text/csv", "gzip"),
+    ("a.pb", None, "application/x-protobuf", None),
+    ("a.avro", None, "application/avro", None),
+    ("a.data", "protobuf", "application/x-protobuf", None),
 ])
 def test_the_format_comes_from_the_name_or_format(
     name: str, fmt: str | None, content_type: str, encoding: str | None
