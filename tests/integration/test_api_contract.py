@@ -37,7 +37,7 @@ from tests.integration.helpers import ndjson, reading
 from web.openapi import openapi_document
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 20
 CHECKS_LEFT_OUT = {
     "positive_data_acceptance":
         "records are checked against their target's schema, which the document does not "

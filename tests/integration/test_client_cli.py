@@ -57,13 +57,13 @@ async def test_submit_watch_shows_the_summary_writes_the_failures_and_exits_3(
     stack: Stack, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     tag = f"cli-{uuid.uuid4().hex[:6]}"
-    bad = readings_file(tmp_path / "readings.ndjson", tag, 20_000, bad_every=1000)
+    bad = readings_file(tmp_path / "readings.ndjson", tag, 5_000, bad_every=250)
     done = await run(stack, "submit", "readings.ndjson", "--target", "sensor_readings", "--watch",
                      "--failures", "failed.ndjson", cwd=tmp_path)
     assert done.returncode == 3, done.stdout + done.stderr
     job_id = job_id_of(done.stdout)
-    assert "20,000 records" in done.stdout
-    for shown in ("completed_with_errors", "19,980", "invalid_timestamp", "failed.ndjson"):
+    assert "5,000 records" in done.stdout
+    for shown in ("completed_with_errors", "4,980", "invalid_timestamp", "failed.ndjson"):
         assert shown in done.stdout, done.stdout
     failed = [orjson.loads(line) for line in (tmp_path / "failed.ndjson").read_bytes().splitlines()]
     assert [line["index"] for line in failed] == bad

@@ -6,6 +6,11 @@ embedded lane only: the broker has no part in what they prove, and the suite's t
 bounded (15 minutes on 2 cores).
 """
 
+from collections.abc import Callable
+
+import aiohttp
+
+from tests.integration.isolated import IsolatedStack, MakeStack
 from tests.integration.test_guarantees import (  # noqa: F401
     session_for,
     test_a_frozen_worker_that_lost_its_partitions_writes_nothing_twice,
@@ -14,5 +19,13 @@ from tests.integration.test_guarantees import (  # noqa: F401
     test_abort_skips_what_is_not_written_and_keeps_what_is,
     test_kafka_offsets_ahead_of_the_database_skip_nothing,
     test_opposite_order_upserts_of_the_same_rows_both_complete,
-    test_worker_killed_three_times_and_restarted_at_once_completes_exactly_once,
+    worker_killed_and_restarted_at_once,
 )
+
+
+async def test_worker_killed_three_times_and_restarted_at_once_completes_exactly_once(
+    isolated: MakeStack,
+    session_for: Callable[[IsolatedStack], aiohttp.ClientSession],  # noqa: F811 - the fixture
+) -> None:
+    stack = isolated()
+    await worker_killed_and_restarted_at_once(stack, session_for(stack), kills=3)
