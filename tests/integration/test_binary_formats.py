@@ -19,6 +19,7 @@ import pytest
 from schemas.targets import BUILTIN_TARGETS_DIR, load_targets
 from tests.integration.conftest import Stack, bearer, token_for
 from tests.integration.helpers import BASE_MS, results, wait_terminal
+from web.payloads.binary import write_varint
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 AVRO = {"Content-Type": "application/avro"}
@@ -26,27 +27,18 @@ RECORDS = 10_000
 NOT_A_MESSAGE, INVALID_VALUE = 3_000, 7_000
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _key(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
+    return write_varint(number << 3 | wire_type)
 
 
 def _reading(numbers: dict[str, int], sensor: str, value: float, millis: int) -> bytes:
     """One SensorReadings message, encoded from the .proto's field numbers alone."""
     seconds, rest = divmod(millis, 1000)
-    stamp = _key(1, 0) + _varint(seconds) + _key(2, 0) + _varint(rest * 1_000_000)
+    stamp = _key(1, 0) + write_varint(seconds) + _key(2, 0) + write_varint(rest * 1_000_000)
     name = sensor.encode()
-    return (_key(numbers["sensor_id"], 2) + _varint(len(name)) + name
+    return (_key(numbers["sensor_id"], 2) + write_varint(len(name)) + name
             + _key(numbers["value"], 1) + struct.pack("<d", value)
-            + _key(numbers["sampled_at"], 2) + _varint(len(stamp)) + stamp)
+            + _key(numbers["sampled_at"], 2) + write_varint(len(stamp)) + stamp)
 
 
 async def _proto(http: aiohttp.ClientSession, name: str = "sensor_readings",
@@ -99,7 +91,7 @@ async def test_protobuf_records_reach_the_table_and_two_bad_ones_fail_alone(
         else:
             sensor = f"{tag}-{i}" if i != INVALID_VALUE else f"{tag}-\x00"  # NUL: not storable
             message = _reading(numbers, sensor, i / 4, BASE_MS + i)
-        messages.append(_varint(len(message)) + message)
+        messages.append(write_varint(len(message)) + message)
     body = b"".join(messages)
 
     status, problem = await _post(http, body, PROTOBUF, params={})

@@ -22,6 +22,16 @@ MAX_VARINT_BYTES: Final = 10
 """A 64-bit value takes at most ten 7-bit groups; a longer varint is corrupt."""
 
 
+def write_varint(value: int) -> bytes:
+    """An unsigned base-128 varint, as Protobuf and Avro write lengths (Avro zig-zags first)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def read_varint(data: bytes | bytearray, position: int, what: str) -> tuple[int, int] | None:
     """The unsigned varint at ``position`` and the position after it; None if ``data`` ends
     inside it. Over MAX_VARINT_BYTES the body is rejected (400), naming ``what`` it was."""

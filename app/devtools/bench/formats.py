@@ -23,6 +23,7 @@ from app.devtools.bench.processes import Pipeline, cpu_seconds
 from app.devtools.bench.workload import BASE_MS, csv_body, ndjson, reading
 from schemas.protobuf import message_class
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_targets
+from web.payloads.binary import write_varint
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
@@ -38,15 +39,6 @@ def json_body(tag: str, count: int) -> bytes:
     return orjson.dumps([reading(tag, i) for i in range(count)])
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def protobuf_body(tag: str, count: int) -> bytes:
     """The readings as length-delimited messages of the target's class (as writeDelimitedTo)."""
     cls = message_class(_target())
@@ -58,7 +50,7 @@ def protobuf_body(tag: str, count: int) -> bytes:
         message.sampled_at.seconds, remainder = divmod(millis, 1000)
         message.sampled_at.nanos = remainder * 1_000_000
         data = message.SerializeToString()
-        parts.append(_varint(len(data)) + data)
+        parts.append(write_varint(len(data)) + data)
     return b"".join(parts)
 
 

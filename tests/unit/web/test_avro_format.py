@@ -14,9 +14,9 @@ import pytest
 
 from schemas.targets import Target
 from schemas.validation import RecordInvalid
-from tests.unit.web.test_protobuf_format import row_of, varint
+from tests.unit.web.test_protobuf_format import row_of
 from web.payloads.avro_format import BLOCK_BYTES, HEADER_BYTES, AvroFramer
-from web.payloads.binary import Framed
+from web.payloads.binary import Framed, write_varint
 from web.payloads.records import (
     ConvertedRecord,
     MalformedRecord,
@@ -51,7 +51,7 @@ def ocf(schema: dict[str, Any], records: list[dict[str, Any]], codec: str = "nul
 
 def zz(value: int) -> bytes:
     """An Avro long: zigzag, then varint."""
-    return varint((value << 1) ^ (value >> 63))
+    return write_varint((value << 1) ^ (value >> 63))
 
 
 def header(schema: Any, codec: str = "null") -> bytes:

@@ -6,7 +6,6 @@ import csv
 import gzip
 import io
 import tracemalloc
-import zlib
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -557,24 +556,6 @@ async def test_corrupt_gzip_is_400(body: bytes, fragment: str, chunk: int | None
     error = await failure(body, NDJSON, chunk, content_encoding="gzip")
     assert error.status == 400
     assert fragment in error.detail
-
-
-async def test_gzip_bomb_is_413_without_inflating_it() -> None:
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    block = bytes(1 << 20)
-    bomb = b"".join(compressor.compress(block) for _ in range(256)) + compressor.flush()
-    assert len(bomb) < 1 << 20  # 256 MiB of zeros in well under 1 MiB
-    reader = PayloadReader(_pieces([bomb]), NDJSON, content_encoding="gzip", max_bytes=1 << 20)
-    tracemalloc.start()
-    try:
-        with pytest.raises(PayloadError) as caught:
-            _ = [r async for r in reader.records()]
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert caught.value.status == 413
-    assert reader.bytes_read == (1 << 20) + 1  # stopped one byte past the limit
-    assert peak < 4 << 20
 
 
 @pytest.mark.parametrize("encoding", ["deflate", "compress", "gzip, br", "lz4"])

@@ -13,7 +13,7 @@ from schemas.protobuf import message_class
 from schemas.targets import Target
 from schemas.validation import RecordConverter, RecordInvalid
 from tests.unit.schemas.test_protobuf import EVERY_TYPE, make_target
-from web.payloads.binary import Framed
+from web.payloads.binary import Framed, write_varint
 from web.payloads.protobuf_format import ProtobufFramer
 from web.payloads.records import (
     ConvertedRecord,
@@ -27,21 +27,12 @@ CHUNKINGS = [None, 1, 7]
 AT = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def delimited(*messages: Message | bytes) -> bytes:
     """Messages as writeDelimitedTo writes them: each after its length as a varint."""
     out = b""
     for message in messages:
         data = message if isinstance(message, bytes) else message.SerializeToString()
-        out += varint(len(data)) + data
+        out += write_varint(len(data)) + data
     return out
 
 
@@ -126,7 +117,7 @@ def test_a_record_over_the_limit_fails_alone(targets: dict[str, Target], chunk: 
 def test_a_record_over_the_limit_is_not_held(targets: dict[str, Target]) -> None:
     target = targets["sensor_readings"]
     framer = _framer(target, max_record_bytes=100)
-    assert list(framer.feed(varint(10_000_000) + b"x" * 1000)) == [
+    assert list(framer.feed(write_varint(10_000_000) + b"x" * 1000)) == [
         [MalformedRecord(0, RecordCode.TOO_LARGE, "record 0: 10000000 bytes, over the 100-byte limit")]]
     for _ in range(100):
         assert list(framer.feed(b"x" * 10_000)) == []
@@ -172,7 +163,7 @@ def test_a_truncated_body_is_rejected(targets: dict[str, Target], cut: int) -> N
 
 def test_a_body_cut_inside_a_length_is_rejected(targets: dict[str, Target]) -> None:
     target = targets["sensor_readings"]
-    body = delimited(reading(target, 0)) + varint(300)[:1]
+    body = delimited(reading(target, 0)) + write_varint(300)[:1]
     with pytest.raises(PayloadError, match="truncated"):
         frame(_framer(target), body, None)
 
