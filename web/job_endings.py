@@ -24,6 +24,9 @@ from schemas.vocabulary import TERMINAL_STATES
 
 LOOK_S = 1.0
 """How often a waiter reads its job without being woken."""
+ANSWER_MARGIN_S = 0.5
+"""Kept from the preferred wait for reading the job and its results and writing the
+answer, so that the answer leaves within the wait the client asked for."""
 _WAIT = re.compile(r"(?:^|[;,])\s*wait\s*=\s*\"?(\d{1,6})\"?\s*(?:$|[;,])", re.IGNORECASE)
 
 
@@ -39,6 +42,13 @@ def preferred_wait_s(prefer: str | None, cap_s: float) -> float | None:
         if found:
             return min(float(found.group(1)), cap_s)
     return None
+
+
+def time_left_s(wait_s: float, arrived: float, now: float) -> float:
+    """What is left of a ``wait_s`` preference at ``now`` for a request that ``arrived``
+    (loop times): RFC 7240 asks for an answer within the wait counted from the request,
+    so the time its body took to arrive is spent already. 0 when nothing is left."""
+    return max(0.0, wait_s - (now - arrived) - ANSWER_MARGIN_S)
 
 
 class JobEndings:

@@ -18,7 +18,7 @@ from app.store import jobs, ledger
 from schemas.vocabulary import JobState, Operation, RecordStatus
 from web.auth import SCOPE_READ, SCOPE_WRITE
 from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
-from web.job_endings import job_endings_key, preferred_wait_s
+from web.job_endings import job_endings_key, preferred_wait_s, time_left_s
 from web.payloads import PayloadReader, media_type_for
 from web.payloads.media import BINARY_MEDIA_TYPES
 from web.payloads.records import PayloadProblem
@@ -146,6 +146,7 @@ async def _retried_job(request: web.Request, tenant: str) -> dict[str, Any] | No
 
 async def submit_bulk_operation(request: web.Request) -> web.Response:
     """POST /v1/bulk-operations: 202 once every record is durably in Kafka."""
+    arrived = asyncio.get_running_loop().time()
     settings = request.app[settings_key]
     principal = require_scope(request, SCOPE_WRITE)
     media_type = media_type_for(request.headers.get("Content-Type"))
@@ -237,8 +238,10 @@ async def submit_bulk_operation(request: web.Request) -> web.Response:
         await _store_answer(store, key, StoredResponse(fingerprint.hexdigest(), 202, body,
                                                        links["self"]), accepted.job_id)
     wait_s = preferred_wait_s(request.headers.get("Prefer"), settings.prefer_wait_max_s)
-    if wait_s is not None and reader.bytes_read <= settings.prefer_wait_max_body_bytes:
-        ended = await request.app[job_endings_key].wait(accepted.job_id, principal.tenant, wait_s)
+    left_s = None if wait_s is None else time_left_s(wait_s, arrived,
+                                                     asyncio.get_running_loop().time())
+    if left_s and reader.bytes_read <= settings.prefer_wait_max_body_bytes:
+        ended = await request.app[job_endings_key].wait(accepted.job_id, principal.tenant, left_s)
         if ended is not None:
             return json_answer(await _outcome_body(request, ended), 200,
                                {"Location": links["self"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -95,3 +96,31 @@ async def test_a_waiter_gives_up_at_its_deadline_and_is_woken_by_the_end(
         assert time.monotonic() - aborted_at < 0.5, "woken by the next look, not the notification"
     finally:
         await endings.stop()
+
+
+async def test_the_wait_counts_from_the_request_not_from_its_acceptance(
+    http: aiohttp.ClientSession,
+) -> None:
+    """RFC 7240: `wait=N` asks for an answer within N seconds of the request. A body that
+    took longer than that to arrive is answered 202 at once, not held N seconds more."""
+    tag = f"wait-{uuid.uuid4().hex[:6]}"
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield ndjson([reading(tag, 0)])
+        await asyncio.sleep(2.5)
+        yield ndjson([reading(tag, 1)])
+
+    started = time.monotonic()
+    async with http.post(SUBMIT, data=slow_body(), headers={**NDJSON, "Prefer": "wait=2"}) as r:
+        assert r.status == 202, "the preferred wait had passed while the body arrived"
+        assert "Preference-Applied" not in r.headers
+        job_id = (await r.json())["job_id"]
+    assert time.monotonic() - started < 3.5
+    await wait_terminal(http, job_id)
+
+    # Time left: the job's end is waited for, within the preferred time counted from the start.
+    started = time.monotonic()
+    async with http.post(SUBMIT, data=ndjson([reading(tag, 2)]),
+                         headers={**NDJSON, "Prefer": "wait=20"}) as r:
+        assert r.status == 200
+    assert time.monotonic() - started < 20
