@@ -10,9 +10,10 @@ UV_VERSION := 0.13.9
 UV := $(VENV)/lock-tool/bin/uv
 LOCK_FLAGS ?=
 
-# Debian packages some tests drive (nginx in front of the web; promtool on the metrics):
+# Debian packages some tests drive (nginx in front of the web; promtool on the metrics;
+# headless Chromium for the dashboard):
 # installed by `make test` when missing and this is root with apt-get, else those tests skip.
-TEST_TOOLS := nginx:nginx promtool:prometheus
+TEST_TOOLS := nginx:nginx promtool:prometheus chromium:chromium
 
 .PHONY: help run test test-tools lint bench lock clean
 

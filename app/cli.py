@@ -29,6 +29,7 @@ def run_worker(_: argparse.Namespace) -> int:
     import faust
 
     from agents import (  # noqa: F401
+        deliver_webhooks,
         forward_producer_records,
         maintain_results,
         publish_reports,
@@ -97,6 +98,18 @@ def _ops_line(settings: Settings, worker_ports: list[int]) -> str:
     return ("  readiness: /readyz   metrics: " + ", ".join(served or ["off"]) + "\n")
 
 
+def _grpc_line(settings: Settings, taken: bool) -> str:
+    """Where the web process serves gRPC BulkIngest (README, gRPC), or why it does not."""
+    if not settings.grpc_port:
+        return "  gRPC: off (SLUICE_GRPC_PORT=0)\n"
+    host = settings.http_host if ":" not in settings.http_host else f"[{settings.http_host}]"
+    if taken:
+        return (f"  gRPC: NOT served, port {settings.grpc_port} is already in use (another "
+                "`sluice run`?); set SLUICE_GRPC_PORT\n")
+    return (f"  gRPC: {host}:{settings.grpc_port} ({'TLS' if settings.tls_enabled else 'plaintext'}), "
+            "service sluice.v1.BulkIngest (web/grpc/bulk_ingest.proto), token in `authorization`\n")
+
+
 def run_all(args: argparse.Namespace) -> int:
     """Embedded services (unless configured), topics, tables, a worker and the web server."""
     from app.devtools.embedded import (
@@ -122,6 +135,8 @@ def run_all(args: argparse.Namespace) -> int:
         # report this one up while its web process has failed to bind.
         raise SystemExit(f"port {settings.http_port} on {settings.http_host} is already in use "
                          "(another `sluice run`?); stop it or set SLUICE_HTTP_PORT")
+    # Not fatal: the web process then serves HTTP alone (web/grpc/server.py); the banner says so.
+    grpc_taken = bool(settings.grpc_port) and port_taken(settings.http_host, settings.grpc_port)
     stack = EmbeddedStack(
         data_dir=settings.data_dir,
         kafka_bootstrap=settings.kafka_bootstrap,
@@ -175,6 +190,7 @@ def run_all(args: argparse.Namespace) -> int:
             f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID\n"
             f"  curl -s -H \"Authorization: Bearer $TOKEN\" {base}/v1/bulk-operations/JOB_ID/results\n\n"
             f"  Kafka bootstrap: {env[env_var('kafka_bootstrap')]}   targets: {', '.join(targets)}\n"
+            f"{_grpc_line(settings, grpc_taken)}"
             f"{_ops_line(settings, worker_ports)}",
             flush=True,
         )
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     token = sub.add_parser("token", help="mint a token with the local dev key (`sluice run`'s)")
     token.add_argument("--sub", required=True, help="subject (the principal's name)")
     token.add_argument("--tenant", required=True)
-    token.add_argument("--scope", action="append", choices=["bulk:write", "bulk:read"],
+    token.add_argument("--scope", action="append", choices=["bulk:write", "bulk:read", "ops:read"],
                        help="repeatable; none by default")
     token.add_argument("--role", action="append",
                        help="repeatable; the dev policy grants everything to role 'dev'")

@@ -8,7 +8,7 @@ import logging
 
 import asyncpg
 
-from app.store import ledger, reports
+from app.store import ledger, reports, webhooks
 from schemas.sql import JOBS_DDL, TENANT, quote, statements_for
 from schemas.targets import Target
 
@@ -45,7 +45,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
 
 
 SCHEMA_VERSION = hashlib.sha256(
-    "\n".join((JOBS_DDL, reports.DDL, ledger.DDL, ledger.VIEW_DDL)).encode()).hexdigest()[:16]
+    "\n".join((JOBS_DDL, reports.DDL, ledger.DDL, ledger.VIEW_DDL, webhooks.DDL)).encode()
+).hexdigest()[:16]
 """The bookkeeping schema's version: a digest of its DDL, so that any change to it is a new
 version and applied once."""
 _VERSIONS_DDL = """
@@ -95,6 +96,7 @@ async def _apply_schema(conn: asyncpg.Connection) -> None:
                     return
                 await conn.execute(JOBS_DDL)
                 await conn.execute(reports.DDL)
+                await conn.execute(webhooks.DDL)
                 await ledger.create(conn)
                 await conn.execute("INSERT INTO sluice_schema_versions (version) VALUES ($1)",
                                    SCHEMA_VERSION)

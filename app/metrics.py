@@ -102,6 +102,34 @@ admission_refused = Counter(
 auth_failures = Counter(
     "sluice_auth_failures_total", "Requests refused by authentication or authorisation.", ["status"]
 )
+# Seconds. A healthy receiver answers in tens of milliseconds; the tail reaches the
+# per-request timeout (SLUICE_WEBHOOK_TIMEOUT_S, 10 s by default).
+WEBHOOK_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+webhook_attempts = Counter(
+    "sluice_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), rejected (any other status, "
+    "redirects included), unreachable (no answer: DNS, connection, TLS, timeout).",
+    ["outcome"],
+)
+webhook_attempt_seconds = Histogram(
+    "sluice_webhook_attempt_seconds", "One webhook delivery attempt, connection to answer.",
+    buckets=WEBHOOK_SECONDS_BUCKETS,
+)
+webhook_given_up = Counter(
+    "sluice_webhook_deliveries_failed_total",
+    "Webhook deliveries given up: no 2xx within SLUICE_WEBHOOK_MAX_AGE_S (alert on increase).",
+)
+webhook_pending = Gauge(
+    "sluice_webhook_deliveries_pending",
+    "Webhook deliveries queued and not yet delivered nor given up (all workers' together).",
+)
+event_watchers = Gauge(
+    "sluice_event_watchers", "Open job event streams (WebSocket, Server-Sent Events, gRPC Watch)."
+)
+event_watchers_dropped = Counter(
+    "sluice_event_watchers_dropped_total",
+    "Job event streams closed because their client fell too far behind.",
+)
 
 
 class StageTimer:

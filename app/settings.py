@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # Prometheus metrics of the web process, on a port of their own (0: not served), as the
     # worker's: the API port answers clients only, and a scrape runs no query.
     web_metrics_port: int = Field(8082, ge=0, le=65535)
+    # The gRPC BulkIngest service of the web process, on http_host, with the HTTP side's
+    # TLS certificate when it has one (0: not served). A port already taken is logged as an
+    # error and the web process serves HTTP without gRPC, as for its metrics port.
+    grpc_port: int = Field(50051, ge=0, le=65535)
     # /readyz answers from a check at most this old: a flood of probes cannot turn into
     # a flood of PostgreSQL, Redis and Kafka round trips.
     readiness_cache_s: float = Field(2.0, ge=0)
@@ -130,6 +134,15 @@ class Settings(BaseSettings):
     prefer_wait_max_body_bytes: int = Field(5 * 1024 * 1024, ge=0)
     # Failed result lines in such a 200, at most (the rest through the results link).
     prefer_wait_max_results: int = Field(1000, ge=0)
+    # Live job events (WebSocket, Server-Sent Events): watched jobs are read every
+    # events_tick_s (the most updates a watcher gets per job per second is its inverse); a
+    # watcher more than events_buffer updates behind is dropped; an idle stream gets a
+    # keep-alive every events_keepalive_s (proxies close silent connections).
+    events_tick_s: float = Field(0.5, gt=0, le=10)
+    events_buffer: int = Field(256, ge=1)
+    events_keepalive_s: float = Field(15.0, gt=0)
+    # The most event streams one web process holds open (503 past it).
+    events_max_watchers: int = Field(1000, ge=1)
 
     # --- topics ---
     topic_prefix: str = "sluice"
@@ -178,6 +191,28 @@ class Settings(BaseSettings):
     report_poll_s: float = Field(0.5, gt=0)
     # Days of per-record outcomes kept in sluice_record_results (whole days are dropped).
     results_retention: int = Field(7, ge=1)
+
+    # --- webhooks (web/webhooks.py registers endpoints, agents/deliver_webhooks.py sends) ---
+    # Endpoints one tenant may register (each ended job costs one delivery per endpoint).
+    webhook_max_endpoints: int = Field(10, ge=1, le=1000)
+    # A failed attempt is retried after base, 2 x base, 4 x base... at most cap (less up to
+    # a quarter, jitter), until max age after the delivery was queued; then it is failed.
+    webhook_retry_base_s: float = Field(10.0, gt=0)
+    webhook_retry_cap_s: float = Field(3600.0, gt=0)
+    webhook_max_age_s: float = Field(24 * 3600.0, gt=0)
+    # One attempt's whole request, connection to last byte read; also its lease (plus a
+    # margin): a worker dying mid-request delays the delivery by about this much.
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300)
+    # How often due deliveries are looked for when none was due; attempts in flight at
+    # once per worker process.
+    webhook_poll_s: float = Field(1.0, gt=0)
+    webhook_concurrency: int = Field(16, ge=1, le=1000)
+    # Endpoints on loopback, private or link-local addresses (checked at registration and
+    # on every resolved address): off, so that a tenant cannot make the workers call the
+    # service's own network. On for a test receiver on 127.0.0.1.
+    webhook_private_destinations: bool = False
+    # Days delivered and failed deliveries stay readable in the delivery log.
+    webhook_log_retention_days: int = Field(7, ge=1)
     # What each producer input topic (sluice.input.<target>) accepts, as
     # "target=insert,upsert;other=insert" ("*" for every other target). Unset: inserts
     # only; a record asking for more fails with operation_not_allowed (app/input_policy.py).

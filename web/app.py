@@ -19,11 +19,13 @@ from app.store import jobs
 from app.topics import TopicNames
 from schemas.envelope import EnvelopeCodec
 from schemas.targets import load_targets
-from web import job_listing, target_discovery, views
+from web import dashboard, event_streams, job_listing, target_discovery, views, webhooks
 from web.access import PolicyError, load_policy
 from web.admission import Admission, Backlog, Shares
+from web.grpc.server import grpc_server
 from web.idempotency import IdempotencyStore
 from web.job_endings import JobEndings, job_endings_key
+from web.job_events import JobEventHub, job_events_key
 from web.metrics_server import metrics_app, metrics_site, refresh_queue_gauges
 from web.openapi import openapi_json
 from web.problems import problem_middleware
@@ -88,6 +90,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                                          ttl_s=settings.readiness_cache_s)
     app[job_endings_key] = endings = JobEndings(pool, dsn)
     endings.start()
+    app[job_events_key] = events = JobEventHub(
+        pool, tick_s=settings.events_tick_s, buffer=settings.events_buffer,
+        receiving_window_s=settings.submission_timeout_s + jobs.SEAL_GRACE_S)
     sweeper = asyncio.create_task(_sweep_stalled_jobs(pool, settings.job_stall_timeout_s))
     gauges = asyncio.create_task(refresh_queue_gauges(app[admission_key].backlog))
     log.info("web resources ready", extra={"targets": sorted(targets)})
@@ -99,6 +104,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await endings.stop()
+        await events.stop()
         await producer.stop()
         await client.aclose()
         await pool.close()
@@ -143,11 +149,22 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/v1/bulk-operations/{job_id}", views.get_bulk_operation),
         ("DELETE", "/v1/bulk-operations/{job_id}", views.abort_bulk_operation),
         ("GET", "/v1/bulk-operations/{job_id}/results", views.get_bulk_operation_results),
+        ("GET", "/v1/bulk-operations/{job_id}/events", event_streams.job_events),
+        ("GET", "/v1/events", event_streams.tenant_events),
+        ("GET", "/v1/overview", dashboard.get_overview),
+        ("POST", "/v1/webhooks", webhooks.create_webhook),
+        ("GET", "/v1/webhooks", webhooks.list_webhooks),
+        ("GET", "/v1/webhooks/{webhook_id}", webhooks.get_webhook),
+        ("DELETE", "/v1/webhooks/{webhook_id}", webhooks.delete_webhook),
+        ("GET", "/v1/webhooks/{webhook_id}/deliveries", webhooks.list_webhook_deliveries),
         ("GET", "/v1/targets", target_discovery.list_targets),
         # Before /v1/targets/{name}, whose {name} would take "sensor_readings.proto" too.
         ("GET", "/v1/targets/{name}.proto", target_discovery.get_target_proto),
         ("GET", "/v1/targets/{name}", target_discovery.get_target),
         ("GET", OPENAPI_PATH, views.openapi_view(openapi_json())),
+        ("GET", dashboard.DASHBOARD_PATH, dashboard.dashboard_page),
+        *[("GET", f"{dashboard.DASHBOARD_PATH}/{name}", dashboard.asset_view(name))
+          for name in dashboard.ASSETS],
         ("GET", "/healthz", views.healthz),
         ("GET", "/readyz", views.readyz),
     ]
@@ -173,6 +190,8 @@ def create_web_app(settings: Settings) -> web.Application:
     app[guard_key] = build_guard(settings, access)
     app.on_response_prepare.append(security_headers(settings.tls_enabled))
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(grpc_server(settings))  # after the resources it serves with
+    app.on_shutdown.append(event_streams.close_streams)
     app.cleanup_ctx.append(metrics_site(settings.http_host, settings.web_metrics_port,
                                         metrics_app(views.prometheus_metrics)))
     for method, path, handler in routes():

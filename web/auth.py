@@ -22,6 +22,8 @@ ALGORITHMS = ("RS256", "ES256")
 
 SCOPE_WRITE = "bulk:write"
 SCOPE_READ = "bulk:read"
+SCOPE_OPERATE = "ops:read"
+"""Service-wide figures (every tenant's load) in GET /v1/overview and the dashboard."""
 
 
 class AuthError(Exception):

@@ -16,6 +16,8 @@ from typing import Any, Final
 import orjson
 
 from schemas.vocabulary import JobSource, JobState, Operation, RecordStatus
+from schemas.webhook_signature import SECRET_PREFIX
+from schemas.webhooks import MAX_URL_CHARS, DeliveryState, WebhookEvent
 from web.job_listing import DEFAULT_PAGE, LISTED_STATES, MAX_PAGE
 from web.payloads.encodings import CONTENT_ENCODINGS
 from web.payloads.media import MEDIA_TYPE_NAMES, MediaType, media_type_for
@@ -29,6 +31,7 @@ from web.problems import (
     Refusal,
 )
 from web.security import OPENAPI_PATH
+from web.webhooks import MAX_REGISTRATION_BYTES
 
 API_VERSION: Final = "1.0.0"
 
@@ -81,9 +84,28 @@ _ERRORS: Final[dict[str, dict[int, tuple[ProblemSlug, ...]]]] = {
     "getBulkOperationResults": {
         400: (ProblemType.BAD_STATUS_FILTER,), **_AUTH, 404: (ProblemType.JOB_NOT_FOUND,), **_DOWN,
     },
+    "getBulkOperationEvents": {
+        **_AUTH, 404: (ProblemType.JOB_NOT_FOUND,),
+        503: (ProblemType.TOO_MANY_WATCHERS, ProblemType.DEPENDENCY_UNAVAILABLE),
+    },
+    "getTenantEvents": {
+        **_AUTH, 503: (ProblemType.TOO_MANY_WATCHERS, ProblemType.DEPENDENCY_UNAVAILABLE),
+    },
+    "getOverview": {**_AUTH, **_DOWN},
     "listTargets": {**_AUTH},
     "getTarget": {**_AUTH, 404: (ProblemType.TARGET_NOT_FOUND,)},
     "getTargetProto": {**_AUTH, 404: (ProblemType.TARGET_NOT_FOUND,)},
+    "createWebhook": {
+        400: (ProblemType.BAD_WEBHOOK_REQUEST,), **_AUTH,
+        409: (ProblemType.WEBHOOK_LIMIT_REACHED,), 413: (PayloadProblem.TOO_LARGE,),
+        422: (ProblemType.BAD_WEBHOOK_URL, ProblemType.BAD_WEBHOOK_EVENTS), **_DOWN,
+    },
+    "listWebhooks": {**_AUTH, **_DOWN},
+    "getWebhook": {**_AUTH, 404: (ProblemType.WEBHOOK_NOT_FOUND,), **_DOWN},
+    "deleteWebhook": {**_AUTH, 404: (ProblemType.WEBHOOK_NOT_FOUND,), **_DOWN},
+    "listWebhookDeliveries": {
+        400: (ProblemType.BAD_PARAMETER,), **_AUTH, 404: (ProblemType.WEBHOOK_NOT_FOUND,), **_DOWN,
+    },
 }
 
 _RETRY_AFTER_STATUSES: Final = frozenset({409, 429, 503})
@@ -210,6 +232,43 @@ def _component_schemas() -> _Schema:
         "JobState": {"type": "string", "enum": [state.value for state in LISTED_STATES]},
         "Operation": {"type": "string", "enum": [op.value for op in Operation]},
         "RecordStatus": {"type": "string", "enum": [status.value for status in RecordStatus]},
+        "Overview": {
+            "type": "object",
+            "required": ["scope", "queue", "tenants", "targets"],
+            "properties": {
+                "scope": {"enum": ["tenant", "service"]},
+                "queue": {"type": "object", "required": ["records", "running_jobs", "oldest_age_s"],
+                          "properties": {"records": {"type": "integer"},
+                                         "running_jobs": {"type": "integer"},
+                                         "oldest_age_s": {"type": "number"}}},
+                "tenants": {"type": "array", "items": _load_row("tenant")},
+                "targets": {"type": "array", "items": _load_row("target")},
+            },
+        },
+        "JobEvent": {
+            "type": "object",
+            "description": "One event of a job event stream: the data of a Server-Sent Event "
+                           "(whose `event` is the same `type`), or one WebSocket text message.",
+            "required": ["type", "job"],
+            "properties": {
+                "type": {"enum": ["progress", "ended"]},
+                "job": _ref("Job"),
+                "failures": {
+                    "type": "array",
+                    "description": "On `ended`: failed records by code, most frequent first, "
+                                   "each with its first examples.",
+                    "items": {"type": "object", "required": ["code", "records", "examples"],
+                              "properties": {
+                                  "code": {"type": ["string", "null"]},
+                                  "records": {"type": "integer", "minimum": 0},
+                                  "examples": {"type": "array", "items": {
+                                      "type": "object", "properties": {
+                                          "index": {"type": "integer"},
+                                          "message": {"type": ["string", "null"]},
+                                          "record": {"type": ["string", "null"]}}}}}},
+                },
+            },
+        },
         "Result": {
             "type": "object",
             "description": "One line of the results NDJSON.",
@@ -271,12 +330,184 @@ def _component_schemas() -> _Schema:
             "type": "object", "required": ["targets"],
             "properties": {"targets": {"type": "array", "items": _ref("Target")}},
         },
+        **_webhook_schemas(timestamp),
         "Health": {"type": "object", "required": ["status"],
                    "properties": {"status": {"const": "ok"}}},
         "Readiness": {
             "type": "object", "required": ["status", "checks"],
             "properties": {"status": {"enum": ["ready", "unavailable"]},
                            "checks": {"type": "object"}},
+        },
+    }
+
+
+def _webhook_schemas(timestamp: _Schema) -> _Schema:
+    """Webhook endpoints, their registration and their delivery log."""
+    links = {"type": "object", "required": ["self", "deliveries"],
+             "properties": {"self": {"type": "string"}, "deliveries": {"type": "string"}}}
+    return {
+        "WebhookEvent": {"type": "string", "enum": [event.value for event in WebhookEvent]},
+        "DeliveryState": {"type": "string", "enum": [state.value for state in DeliveryState]},
+        "WebhookRegistration": {
+            "type": "object", "required": ["url"],
+            "description": f"At most {MAX_REGISTRATION_BYTES} bytes of JSON.",
+            "properties": {
+                "url": {"type": "string", "minLength": 1, "maxLength": MAX_URL_CHARS,
+                        "description": "http or https, without credentials; by default a "
+                                       "public address (SLUICE_WEBHOOK_PRIVATE_DESTINATIONS)."},
+                "events": {"type": "array", "items": _ref("WebhookEvent"), "minItems": 1,
+                           "default": [WebhookEvent.JOB_ENDED.value]},
+            },
+        },
+        "Webhook": {
+            "type": "object", "required": ["id", "url", "events", "created_at", "links"],
+            "properties": {
+                "id": {"type": "string"},
+                "url": {"type": "string"},
+                "events": {"type": "array", "items": _ref("WebhookEvent")},
+                "created_at": {"type": "string", "format": "date-time"},
+                "links": links,
+            },
+        },
+        "WebhookCreated": {
+            "allOf": [_ref("Webhook"), {
+                "type": "object", "required": ["secret"],
+                "properties": {"secret": {
+                    "type": "string", "pattern": f"^{SECRET_PREFIX}[A-Za-z0-9_-]{{43}}$",
+                    "description": "The signing secret, shown this once: the HMAC-SHA256 key "
+                                   "of `Sluice-Signature` (README, Webhooks)."}}}],
+        },
+        "WebhookList": {
+            "type": "object", "required": ["webhooks"],
+            "properties": {"webhooks": {"type": "array", "items": _ref("Webhook")}},
+        },
+        "DeliveryAttempt": {
+            "type": "object",
+            "required": ["attempt", "attempted_at", "duration_ms", "status", "error", "retry_in_s"],
+            "properties": {
+                "attempt": {"type": "integer", "minimum": 1},
+                "attempted_at": {"type": "string", "format": "date-time"},
+                "duration_ms": {"type": "integer", "minimum": 0},
+                "status": {"type": ["integer", "null"], "description": "None: no answer."},
+                "error": {"type": ["string", "null"]},
+                "retry_in_s": {"type": ["number", "null"],
+                               "description": "The wait before the next attempt; null once "
+                                              "delivered or given up."},
+            },
+        },
+        "Delivery": {
+            "type": "object",
+            "required": ["id", "job_id", "event", "state", "attempts", "last_status",
+                         "last_error", "next_attempt_at", "created_at", "delivered_at", "history"],
+            "properties": {
+                "id": {"type": "string", "description": "Also the payload's `id` and the "
+                       "`Sluice-Webhook-Id` header: the same at every attempt."},
+                "job_id": {"type": "string"},
+                "event": _ref("WebhookEvent"),
+                "state": _ref("DeliveryState"),
+                "attempts": {"type": "integer", "minimum": 0},
+                "last_status": {"type": ["integer", "null"]},
+                "last_error": {"type": ["string", "null"]},
+                "next_attempt_at": {**timestamp, "description": "While pending."},
+                "created_at": {"type": "string", "format": "date-time"},
+                "delivered_at": timestamp,
+                "history": {"type": "array", "items": _ref("DeliveryAttempt"),
+                            "description": "The latest attempts, oldest first."},
+            },
+        },
+        "DeliveryList": {
+            "type": "object", "required": ["deliveries", "links"],
+            "properties": {
+                "deliveries": {"type": "array", "items": _ref("Delivery"), "maxItems": MAX_PAGE},
+                "links": {"type": "object", "required": ["self"], "properties": {
+                    "self": {"type": "string"},
+                    "next": {"type": "string", "description": "The next (older) page; absent "
+                             "on the last page."}}},
+            },
+        },
+    }
+
+
+def _webhook_id_parameter() -> _Schema:
+    return {"name": "webhook_id", "in": "path", "required": True,
+            "schema": {"type": "string", "maxLength": 64}}
+
+
+def _webhook_links() -> _Schema:
+    """Where a registered endpoint's id leads: the stateful checks follow these."""
+    webhook_id = {"webhook_id": "$response.body#/id"}
+    return {
+        "GetWebhook": {"operationId": "getWebhook", "parameters": webhook_id},
+        "ListDeliveries": {"operationId": "listWebhookDeliveries", "parameters": webhook_id},
+        "DeleteWebhook": {"operationId": "deleteWebhook", "parameters": webhook_id},
+    }
+
+
+def _webhook_paths() -> _Schema:
+    item = "/v1/webhooks/{webhook_id}"
+    return {
+        "/v1/webhooks": {
+            "post": {
+                "operationId": "createWebhook",
+                "summary": "Register an endpoint for the tenant's job events; its secret is "
+                           "shown in this answer only.",
+                "tags": ["webhooks"],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("WebhookRegistration"),
+                    "examples": {"jobEnded": {"value": {
+                        "url": "https://receiver.example/hooks/sluice",
+                        "events": [WebhookEvent.JOB_ENDED.value]}}}}}},
+                "responses": _responses("createWebhook", {"201": {
+                    "description": "Registered.",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": _json_content(_ref("WebhookCreated")),
+                    "links": _webhook_links()}}),
+            },
+            "get": {
+                "operationId": "listWebhooks",
+                "summary": "The caller's tenant's endpoints, without their secrets.",
+                "tags": ["webhooks"],
+                "responses": _responses("listWebhooks", {"200": {
+                    "description": "The endpoints.", "content": _json_content(_ref("WebhookList"))}}),
+            },
+        },
+        item: {
+            "parameters": [_webhook_id_parameter()],
+            "get": {
+                "operationId": "getWebhook",
+                "summary": "One endpoint, without its secret.",
+                "tags": ["webhooks"],
+                "responses": _responses("getWebhook", {"200": {
+                    "description": "The endpoint.", "content": _json_content(_ref("Webhook")),
+                    "links": {"ListDeliveries": _webhook_links()["ListDeliveries"]}}}),
+            },
+            "delete": {
+                "operationId": "deleteWebhook",
+                "summary": "Remove an endpoint; its pending deliveries are not sent.",
+                "tags": ["webhooks"],
+                "responses": _responses("deleteWebhook", {"204": {"description": "Removed."}}),
+            },
+        },
+        f"{item}/deliveries": {
+            "parameters": [_webhook_id_parameter()],
+            "get": {
+                "operationId": "listWebhookDeliveries",
+                "summary": "The endpoint's delivery log, newest first.",
+                "tags": ["webhooks"],
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                "default": DEFAULT_PAGE}},
+                    {"name": "state", "in": "query", "required": False,
+                     "schema": _ref("DeliveryState")},
+                    {"name": "cursor", "in": "query", "required": False,
+                     "description": "From a previous page's `links.next`.",
+                     "schema": {"type": "string"}},
+                ],
+                "responses": _responses("listWebhookDeliveries", {"200": {
+                    "description": "A page of deliveries.",
+                    "content": _json_content(_ref("DeliveryList"))}}),
+            },
         },
     }
 
@@ -304,6 +535,30 @@ def _lines(item: _Schema) -> _Schema:
 
 def _json_content(schema: _Schema) -> _Schema:
     return {"application/json": {"schema": schema}}
+
+
+_EVENTS_DESCRIPTION = (
+    "Server-Sent Events (`text/event-stream`): each event has an `id`, an `event` (`progress` "
+    "or `ended`) and a `JobEvent` as its `data`; comment lines keep an idle stream open. "
+    "With `Upgrade: websocket` the same path is a WebSocket (subprotocol `sluice.v1`) whose "
+    "text messages are `JobEvent`s; a browser offers its token as a second subprotocol, "
+    "`bearer.<token>`. At most a few events per job per second; a client that falls behind "
+    "is dropped (WebSocket close code 1013) and gets the current state when it reconnects."
+)
+
+
+def _load_row(key: str) -> _Schema:
+    return {"type": "object", "required": [key, "running_jobs", "queued_records", "oldest_age_s"],
+            "properties": {key: {"type": "string"}, "running_jobs": {"type": "integer"},
+                           "queued_records": {"type": "integer"},
+                           "oldest_age_s": {"type": "number"}}}
+
+
+def _event_stream() -> _Schema:
+    return {"description": "The event stream.",
+            "content": {"text/event-stream": {"schema": {
+                "type": "string",
+                "description": "Events whose `data` is a `JobEvent` (#/components/schemas/JobEvent)."}}}}
 
 
 def _paths() -> _Schema:
@@ -423,6 +678,28 @@ def _paths() -> _Schema:
                     "content": {MediaType.NDJSON.value: {"schema": _lines(_ref("Result"))}}}}),
             },
         },
+        f"{job_path}/events": {
+            "parameters": [_job_id_parameter()],
+            "get": {
+                "operationId": "getBulkOperationEvents",
+                "summary": "A job's live events: its state now, its progress, then one `ended` "
+                           "event with its failures by code; the stream then ends.",
+                "description": _EVENTS_DESCRIPTION,
+                "tags": ["events"],
+                "responses": _responses("getBulkOperationEvents", {"200": _event_stream()}),
+            },
+        },
+        "/v1/events": {
+            "get": {
+                "operationId": "getTenantEvents",
+                "summary": "Live events of every job of the caller's tenant, its unfinished "
+                           "jobs first; the stream stays open.",
+                "description": _EVENTS_DESCRIPTION,
+                "tags": ["events"],
+                "responses": _responses("getTenantEvents", {"200": _event_stream()}),
+            },
+        },
+        **_webhook_paths(),
         "/v1/targets": {
             "get": {
                 "operationId": "listTargets",
@@ -465,6 +742,37 @@ def _paths() -> _Schema:
                                       "content": _json_content({"type": "object"})}},
             },
         },
+        "/v1/overview": {
+            "get": {
+                "operationId": "getOverview",
+                "summary": "Records queued and jobs running, per tenant and target, and the "
+                           "oldest unfinished job's age: the caller's tenant only, unless its "
+                           "token has the `ops:read` scope (then the whole service).",
+                "tags": ["service"],
+                "responses": _responses("getOverview", {"200": {
+                    "description": "The load now.", "content": _json_content(_ref("Overview"))}}),
+            },
+        },
+        "/dashboard": {
+            "get": {
+                "operationId": "getDashboard",
+                "summary": "The dashboard page; it asks for a token and reads /v1 with it.",
+                "tags": ["service"], "security": [],
+                "responses": {"200": {"description": "The page.",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}},
+            },
+        },
+        **{f"/dashboard/{name}": {
+            "get": {
+                "operationId": operation_id,
+                "summary": f"The dashboard's {what}.",
+                "tags": ["service"], "security": [],
+                "responses": {"200": {"description": "The file.",
+                                      "content": {media: {"schema": {"type": "string"}}}}},
+            },
+        } for name, operation_id, what, media in (
+            ("dashboard.js", "getDashboardScript", "script", "text/javascript"),
+            ("dashboard.css", "getDashboardStyle", "style sheet", "text/css"))},
         "/healthz": {
             "get": {
                 "operationId": "getHealth", "summary": "The process is up.", "tags": ["service"],

@@ -61,7 +61,18 @@ class ProblemType(enum.StrEnum):
     BAD_PARAMETER = "bad-parameter"
     BAD_RETRY_OF = "bad-retry-of"
     """``retry_of`` names no job of the tenant, or one of another target."""
+    BAD_WEBHOOK_REQUEST = "bad-webhook-request"
+    """A webhook registration whose body is not a JSON object with a ``url``."""
+    BAD_WEBHOOK_URL = "bad-webhook-url"
+    """Not http(s), too long, with credentials, or (by default) not a public address."""
+    BAD_WEBHOOK_EVENTS = "bad-webhook-events"
+    """``events`` is not a non-empty list of known event types."""
+    WEBHOOK_LIMIT_REACHED = "webhook-limit-reached"
+    """The tenant has SLUICE_WEBHOOK_MAX_ENDPOINTS endpoints already."""
+    WEBHOOK_NOT_FOUND = "webhook-not-found"
     TARGET_NOT_FOUND = "target-not-found"
+    TOO_MANY_WATCHERS = "too-many-watchers"
+    """The web process holds as many event streams as it may (events_max_watchers)."""
     DEPENDENCY_UNAVAILABLE = "dependency-unavailable"
     NOT_FOUND = "not-found"
     """No such resource (a path the API does not have)."""
@@ -135,21 +146,6 @@ async def problem_middleware(
     """Turn every error raised by a view into problem+json; nothing leaks a traceback."""
     try:
         return await handler(request)
-    except Problem as p:
-        return problem_response(p, request.path)
-    except PayloadError as e:
-        return problem_response(
-            Problem(e.status, e.title, e.detail, slug=e.problem), request.path
-        )
-    except DEPENDENCY_DOWN as e:
-        log.warning("dependency unavailable", extra={"path": request.path,
-                                                     "error": type(e).__name__})
-        return problem_response(
-            Problem(503, "Service unavailable",
-                    "a service Sluice depends on is not answering; retry later",
-                    slug=ProblemType.DEPENDENCY_UNAVAILABLE, headers={"Retry-After": "5"}),
-            request.path,
-        )
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -160,9 +156,24 @@ async def problem_middleware(
             Problem(e.status, e.reason, e.reason, slug=_HTTP_LAYER_PROBLEMS.get(
                 e.status, ProblemType.HTTP_ERROR), headers=kept), request.path
         )
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        return problem_response(
-            Problem(500, "Internal error", "the server failed; the error is logged",
-                    slug=ProblemType.INTERNAL_ERROR), request.path
-        )
+    except Exception as e:
+        return problem_response(as_problem(e, request.path), request.path)
+
+
+def as_problem(error: Exception, instance: str) -> Problem:
+    """What the client of any transport is told of an error its call raised: a Problem as
+    it is, a rejected payload, a dependency down (503), anything else 500 (logged whole,
+    answered without a trace). ``instance`` names the call in the logs."""
+    if isinstance(error, Problem):
+        return error
+    if isinstance(error, PayloadError):
+        return Problem(error.status, error.title, error.detail, slug=error.problem)
+    if isinstance(error, DEPENDENCY_DOWN):
+        log.warning("dependency unavailable", extra={"path": instance,
+                                                     "error": type(error).__name__})
+        return Problem(503, "Service unavailable",
+                       "a service Sluice depends on is not answering; retry later",
+                       slug=ProblemType.DEPENDENCY_UNAVAILABLE, headers={"Retry-After": "5"})
+    log.error("unhandled error", extra={"path": instance}, exc_info=error)
+    return Problem(500, "Internal error", "the server failed; the error is logged",
+                   slug=ProblemType.INTERNAL_ERROR)

@@ -160,10 +160,14 @@ def principal_of(request: web.Request) -> Principal:
 
 def require_scope(request: web.Request, scope: str) -> Principal:
     """The principal, if its token carries ``scope``; 403 otherwise."""
-    principal = principal_of(request)
+    return demand_scope(principal_of(request), scope, method=request.method, path=request.path)
+
+
+def demand_scope(principal: Principal, scope: str, *, method: str, path: str) -> Principal:
+    """``require_scope`` for any transport: ``method`` and ``path`` name the call in the audit."""
     if missing_scopes(principal, [scope]):
         if scope == SCOPE_WRITE:
-            audit("bulk operation refused", principal, method=request.method, path=request.path,
+            audit("bulk operation refused", principal, method=method, path=path,
                   outcome="insufficient-scope")
         raise forbidden(f"this requires the {scope} scope", slug=ProblemType.INSUFFICIENT_SCOPE, scope=scope)
     return principal
@@ -177,7 +181,12 @@ def audit(event: str, principal: Principal, **fields: Any) -> None:
 
 def check_target(request: web.Request, principal: Principal, target: str, operation: str | None) -> None:
     """403 unless the policy grants the operation (or, if not yet known, any operation) on target."""
-    access = request.app[guard_key].access
+    authorize_target(request.app[guard_key], principal, target, operation)
+
+
+def authorize_target(guard: Guard, principal: Principal, target: str, operation: str | None) -> None:
+    """``check_target`` for any transport."""
+    access = guard.access
     allowed = (is_allowed(access, principal, target, operation) if operation
                else may_use_target(access, principal, target))
     if not allowed:
@@ -201,7 +210,11 @@ def exceeds_burst(bucket: Bucket, records: int) -> Problem:
 async def charge_records(request: web.Request, principal: Principal, records: int) -> None:
     """Debit the whole submission from the record buckets; 413 when it is larger than a
     bucket's burst, 429 when they run dry (and nothing produced either way)."""
-    guard = request.app[guard_key]
+    await charge_submission(request.app[guard_key], principal, records)
+
+
+async def charge_submission(guard: Guard, principal: Principal, records: int) -> None:
+    """``charge_records`` for any transport."""
     assert guard.limiter is not None
     charges = guard.record_charges(principal, records)
     too_large = over_burst(charges)
@@ -214,6 +227,22 @@ async def charge_records(request: web.Request, principal: Principal, records: in
         raise too_many_requests(decision, "records")
 
 
+WEBSOCKET_BEARER_PREFIX = "bearer."
+
+
+def _websocket_bearer(request: web.Request) -> str | None:
+    """A browser cannot set Authorization on a WebSocket: it offers its token as a
+    subprotocol, ``bearer.<token>``, beside ``sluice.v1`` (the one the server picks, so
+    the token is never echoed back). Read as ``Bearer <token>``, on an upgrade only."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return None
+    for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(WEBSOCKET_BEARER_PREFIX):
+            return "Bearer " + protocol.removeprefix(WEBSOCKET_BEARER_PREFIX)
+    return None
+
+
 @web.middleware
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -221,18 +250,24 @@ async def auth_middleware(
     """Every /v1 request: a valid bearer token, then a token from the request buckets."""
     if not request.path.startswith(PROTECTED_PREFIX) or request.path in PUBLIC_PATHS:
         return await handler(request)
-    guard = request.app[guard_key]
+    authorization = request.headers.get("Authorization") or _websocket_bearer(request)
+    request[PRINCIPAL] = await authenticate_call(request.app[guard_key], authorization)
+    return await handler(request)
+
+
+async def authenticate_call(guard: Guard, authorization: str | None) -> Principal:
+    """The caller of a /v1 request or a gRPC call: a valid bearer token (401 otherwise),
+    then a token from its request buckets (429 otherwise)."""
     try:
-        token = bearer_token(request.headers.get("Authorization"))
+        token = bearer_token(authorization)
         principal = await guard.tokens.authenticate(token, guard.keys, guard.token_policy)
     except AuthError as e:
         raise unauthorized(e) from None
-    request[PRINCIPAL] = principal
     assert guard.limiter is not None
     decision = await guard.limiter.take(guard.request_charges(principal))
     if not decision.allowed:
         raise too_many_requests(decision, "request")
-    return await handler(request)
+    return principal
 
 
 def security_headers(tls: bool) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:

@@ -9,31 +9,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import metrics
 from app.store import jobs, ledger
-from schemas.vocabulary import JobState, Operation, RecordStatus
+from schemas.vocabulary import RecordStatus
 from web.auth import SCOPE_READ, SCOPE_WRITE
-from web.idempotency import IN_FLIGHT, Fingerprint, IdempotencyStore, StoredResponse, tenant_scoped
+from web.intake import IntakeServices, Order, job_links, take
 from web.job_endings import job_endings_key, preferred_wait_s, time_left_s
-from web.payloads import PayloadReader, media_type_for
-from web.payloads.media import BINARY_MEDIA_TYPES
-from web.payloads.records import PayloadProblem
 from web.problems import Problem, ProblemType
 from web.readiness import readiness_key
 from web.results_stream import render_page, stream_results
-from web.security import audit, charge_records, check_target, require_scope
-from web.submission import body_chunks, known_target, submit
-from web.typedefs import (
-    admission_key,
-    idempotency_key,
-    pool_key,
-    settings_key,
-    submission_key,
-)
+from web.security import audit, check_target, principal_of, require_scope
+from web.typedefs import pool_key, settings_key
 
 log = logging.getLogger(__name__)
 
@@ -48,214 +37,42 @@ def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = N
 
 
 def _job_links(request: web.Request, job_id: str) -> dict[str, str]:
-    base = f"/v1/bulk-operations/{job_id}"
-    return {"self": base, "results": f"{base}/results"}
+    return job_links(job_id)
 
 
 def _idempotency_key(request: web.Request) -> str | None:
     for header in IDEMPOTENCY_HEADERS:
         value = request.headers.get(header)
         if value is not None:
-            if not 0 < len(value) <= 255:
-                raise Problem(400, "Bad idempotency key",
-                              "an idempotency key is 1 to 255 characters",
-                              slug=ProblemType.BAD_IDEMPOTENCY_KEY)
             return value
     return None
 
 
-async def _drain_fingerprint(request: web.Request, fingerprint: Fingerprint, limit: int) -> None:
-    """Hash a repeated request's body without processing it, to compare with the first."""
-    seen = 0
-    async for chunk in request.content.iter_chunked(BODY_CHUNK_BYTES):
-        seen += len(chunk)
-        if seen > limit:
-            raise Problem(413, "Payload too large", f"the body exceeds {limit} bytes",
-                          slug=PayloadProblem.TOO_LARGE)
-        fingerprint.update(chunk)
-
-
-_REDIS_DOWN = (redis.RedisError, OSError, TimeoutError)
-
-
-async def _claim(store: IdempotencyStore, key: str) -> StoredResponse | str | None:
-    """Claim an idempotency key; without Redis the request is refused, never run unguarded."""
-    try:
-        return await store.claim(key)
-    except _REDIS_DOWN as e:
-        raise Problem(503, "Idempotency store unavailable",
-                      "requests with an idempotency key need Redis, which is not answering; "
-                      "retry later or send the request without a key",
-                      slug=ProblemType.IDEMPOTENCY_UNAVAILABLE, headers={"Retry-After": "5"}) from e
-
-
-def _accepted_body(request: web.Request, job_id: str, target: str, operation: str,
-                   records: int) -> dict[str, Any]:
-    """The 202 answer of a sealed submission, first time or replayed from its job row."""
-    return {"job_id": job_id, "state": JobState.ACCEPTED, "target": target,
-            "operation": operation, "records_received": records,
-            "links": _job_links(request, job_id)}
-
-
-async def _lease_remaining(store: IdempotencyStore, key: str) -> int:
-    try:
-        return await store.lease_remaining_s(key)
-    except _REDIS_DOWN:
-        return 1
-
-
-async def _sealed_answer(
-    request: web.Request, store: IdempotencyStore, key: str, tenant: str
-) -> StoredResponse | None:
-    """The 202 of a job already sealed under this key, stored again for later replays."""
-    job = await jobs.find_sealed(request.app[pool_key], tenant, IdempotencyStore.key_hash(key))
-    if job is None:
-        return None
-    body = _accepted_body(request, job["job_id"], job["target"], job["operation"],
-                          job["records_received"])
-    answer = StoredResponse(job["request_fingerprint"] or "", 202, body, body["links"]["self"])
-    try:
-        await store.complete(key, answer)
-    except _REDIS_DOWN:
-        log.warning("could not store an idempotent response", extra={"job_id": job["job_id"]})
-    return answer
-
-
-async def _release(store: IdempotencyStore, key: str) -> None:
-    """Free the key of a failed request; if Redis is down it expires by itself."""
-    try:
-        await store.release(key)
-    except _REDIS_DOWN:
-        log.warning("could not release an idempotency key; it expires with its TTL")
-
-
-def _bad_retry_of(detail: str) -> Problem:
-    return Problem(422, "Bad retry_of", detail, slug=ProblemType.BAD_RETRY_OF)
-
-
-async def _retried_job(request: web.Request, tenant: str) -> dict[str, Any] | None:
-    """The job ``?retry_of=`` names, which must be one of the tenant's own; None if absent."""
-    job_id = request.query.get("retry_of")
-    if job_id is None:
-        return None
-    job = await jobs.get_for_tenant(request.app[pool_key], job_id[:64], tenant)
-    if job is None or job["state"] == JobState.RECEIVING:
-        raise _bad_retry_of("retry_of names no job of this tenant")
-    return job
-
-
 async def submit_bulk_operation(request: web.Request) -> web.Response:
-    """POST /v1/bulk-operations: 202 once every record is durably in Kafka."""
+    """POST /v1/bulk-operations: 202 once every record is durably in Kafka (web.intake)."""
     arrived = asyncio.get_running_loop().time()
     settings = request.app[settings_key]
-    principal = require_scope(request, SCOPE_WRITE)
-    media_type = media_type_for(request.headers.get("Content-Type"))
-    query_target = request.query.get("target")
-    query_operation = request.query.get("operation")
-    if media_type in BINARY_MEDIA_TYPES and not query_target:
-        raise Problem(422, "Missing target",
-                      f"a {media_type} body does not name its target: give ?target=NAME",
-                      slug=ProblemType.MISSING_TARGET)
-    target_schema = None
-    if query_target:  # refuse early, before reading the body; checked again once it is parsed
-        # An unknown name is 422 first: the policy check then never repeats a client's string.
-        target_schema = known_target(request.app[submission_key].targets, query_target)
-        check_target(request, principal, query_target,
-                     query_operation if query_operation in ("insert", "upsert", "delete") else None)
-    retried = await _retried_job(request, principal.tenant)
-    key = _idempotency_key(request)
-    if key is not None:
-        key = tenant_scoped(principal.tenant, key)
-    fingerprint = Fingerprint(
-        request.path, query_target or "", query_operation or "", media_type.value,
-        request.headers.get("Content-Encoding", ""),
-        # Only when given, so that fingerprints stored before retry_of existed still match.
-        *([retried["job_id"]] if retried else []),
-    )
-    store = request.app[idempotency_key]
-    if key is not None:
-        existing = await _claim(store, key)
-        if existing == IN_FLIGHT:
-            retry_after = await _lease_remaining(store, key)
-            raise Problem(409, "Request in progress",
-                          "a request with this idempotency key is still being processed",
-                          slug=ProblemType.IDEMPOTENCY_IN_FLIGHT, headers={"Retry-After": str(retry_after)})
-        if existing is None:
-            # A fresh claim. A job sealed under this key whose answer was never stored (its
-            # web process died between sealing and answering) is replayed, not run again.
-            existing = await _sealed_answer(request, store, key, principal.tenant)
-        if isinstance(existing, StoredResponse):
-            await _drain_fingerprint(request, fingerprint, settings.max_body_bytes)
-            if fingerprint.hexdigest() != existing.fingerprint:
-                raise Problem(422, "Idempotency key reused",
-                              "this idempotency key was used with a different payload",
-                              slug=ProblemType.IDEMPOTENCY_KEY_REUSED)
-            return json_answer(existing.body, existing.status,
-                         {"Location": existing.location, "Idempotent-Replayed": "true"})
-    try:
-        async with request.app[admission_key].admit(principal.tenant) as slot:
-            reader = PayloadReader(
-                # Only a keyed request is ever compared with a repeat: hash only those bodies.
-                body_chunks(request.content.iter_chunked(BODY_CHUNK_BYTES),
-                            fingerprint if key is not None else None),
-                media_type,
-                content_encoding=request.headers.get("Content-Encoding"),
-                max_bytes=settings.max_body_bytes,
-                max_record_bytes=settings.max_record_bytes,
-                max_record_fields=settings.max_record_fields,
-                target_schema=target_schema, key_only=query_operation == Operation.DELETE,
-            )
-            async def admit(target: str, operation: str, records: int) -> None:
-                check_target(request, principal, target, operation)
-                if retried is not None and retried["target"] != target:
-                    raise _bad_retry_of(f"job {retried['job_id']} wrote {retried['target']!r}, "
-                                        "not this target")
-                await charge_records(request, principal, records)
-                slot.charge(records)  # the tenant's queue share counts them from now on
-
-            accepted = await submit(
-                request.app[submission_key], reader, query_target, query_operation,
-                timeout_s=settings.submission_timeout_s,
-                tenant=principal.tenant, principal=principal.subject, admit=admit,
-                idempotency_key=IdempotencyStore.key_hash(key) if key is not None else None,
-                fingerprint=fingerprint if key is not None else None,
-                # A target named in the body is authorised before its records are read.
-                authorize=lambda target, operation: check_target(
-                    request, principal, target, operation),
-                retry_of=retried["job_id"] if retried else None,
-            )
-    except BaseException:
-        if key is not None:
-            await asyncio.shield(_release(store, key))
-        raise
-    audit("bulk operation accepted", principal, target=accepted.target,
-          operation=accepted.operation, records=accepted.records, job_id=accepted.job_id)
-    body = _accepted_body(request, accepted.job_id, accepted.target, accepted.operation,
-                          accepted.records)
-    links = body["links"]
-    if key is not None:
-        # Stored before any wait: a retry with the key replays the 202 (see the README).
-        await _store_answer(store, key, StoredResponse(fingerprint.hexdigest(), 202, body,
-                                                       links["self"]), accepted.job_id)
+    principal = principal_of(request)
+    taken = await take(IntakeServices.of(request.app), principal, Order(
+        request.content.iter_chunked(BODY_CHUNK_BYTES), request.headers.get("Content-Type"),
+        target=request.query.get("target"), operation=request.query.get("operation"),
+        content_encoding=request.headers.get("Content-Encoding"),
+        idempotency_key=_idempotency_key(request), retry_of=request.query.get("retry_of"),
+        method=request.method, path=request.path))
+    answer = taken.answer
+    if taken.replayed:
+        return json_answer(answer.body, answer.status,
+                           {"Location": answer.location, "Idempotent-Replayed": "true"})
     wait_s = preferred_wait_s(request.headers.get("Prefer"), settings.prefer_wait_max_s)
-    left_s = None if wait_s is None else time_left_s(wait_s, arrived,
-                                                     asyncio.get_running_loop().time())
-    if left_s and reader.bytes_read <= settings.prefer_wait_max_body_bytes:
-        ended = await request.app[job_endings_key].wait(accepted.job_id, principal.tenant, left_s)
+    left_s = 0.0 if wait_s is None else time_left_s(wait_s, arrived,
+                                                    asyncio.get_running_loop().time())
+    if wait_s is not None and left_s and taken.bytes_read <= settings.prefer_wait_max_body_bytes:
+        ended = await request.app[job_endings_key].wait(taken.job_id, principal.tenant, left_s)
         if ended is not None:
             return json_answer(await _outcome_body(request, ended), 200,
-                               {"Location": links["self"],
+                               {"Location": answer.location,
                                 "Preference-Applied": f"wait={int(wait_s)}"})
-    return json_answer(body, 202, {"Location": links["self"]})
-
-
-async def _store_answer(store: IdempotencyStore, key: str, answer: StoredResponse,
-                        job_id: str) -> None:
-    try:
-        await store.complete(key, answer)
-    except _REDIS_DOWN:
-        # The job is accepted; a retry with this key would get 409 until the claim expires.
-        log.warning("could not store an idempotent response", extra={"job_id": job_id})
+    return json_answer(answer.body, 202, {"Location": answer.location})
 
 
 async def _outcome_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:

@@ -23,14 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from app.settings import Settings, env_var
-from web.auth import SCOPE_READ, SCOPE_WRITE
+from web.auth import SCOPE_OPERATE, SCOPE_READ, SCOPE_WRITE
 
 DEV_ISSUER = "sluice-dev"
 DEV_AUDIENCE = "sluice"
 DEV_ROLE = "dev"
 DEV_SUBJECT = "dev"
 DEV_TENANT = "dev"
-DEV_SCOPES = (SCOPE_WRITE, SCOPE_READ)
+DEV_SCOPES = (SCOPE_WRITE, SCOPE_READ, SCOPE_OPERATE)
 
 KEY_FILE = "dev-signing-key.pem"
 JWKS_FILE = "jwks.json"

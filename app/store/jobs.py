@@ -10,7 +10,7 @@ names come from ``JobState``: the SQL below is built from it, not spelled again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -337,6 +337,60 @@ async def list_for_tenant(
     jobs = [dict(row) for row in rows[:limit]]
     more = len(rows) > limit
     return JobPage(jobs, (jobs[-1]["created_at"], jobs[-1]["job_id"]) if more else None)
+
+
+async def unfinished_for_tenant(
+    pool: asyncpg.Pool, tenant: str, receiving_window: timedelta
+) -> list[dict[str, Any]]:
+    """A tenant's running jobs (the ``sluice_jobs_unfinished`` index) and the jobs it created
+    within ``receiving_window`` (``sluice_jobs_by_tenant``): every job of it that may still
+    change, the ones still receiving included."""
+    rows = await pool.fetch(
+        f"SELECT * FROM sluice_jobs WHERE tenant = $1 AND state IN {_RUNNING}"
+        " UNION SELECT * FROM sluice_jobs WHERE tenant = $1 AND created_at > now() - $2::interval",
+        tenant, receiving_window)
+    return [dict(row) for row in rows]
+
+
+async def changes_for_watchers(
+    pool: asyncpg.Pool, job_ids: list[str], tenants: list[str], created_since: datetime | None
+) -> tuple[datetime, list[dict[str, Any]]]:
+    """(the database's now, rows): the jobs ``job_ids`` by primary key, and the jobs of
+    ``tenants`` created since ``created_since`` (by ``sluice_jobs_by_tenant``), in one
+    round trip. Watchers compare the rows with what they last saw."""
+    async with pool.acquire() as conn:
+        now = await conn.fetchval("SELECT now()")
+        rows = await conn.fetch(
+            "SELECT * FROM sluice_jobs WHERE job_id = ANY($1::text[])"
+            " UNION SELECT * FROM sluice_jobs WHERE tenant = ANY($2::text[])"
+            " AND $3::timestamptz IS NOT NULL AND created_at > $3",
+            job_ids, tenants, created_since)
+    return now, [dict(row) for row in rows]
+
+
+class Load(NamedTuple):
+    """Unfinished HTTP jobs of one tenant on one target."""
+
+    tenant: str
+    target: str
+    running_jobs: int
+    queued_records: int
+    """Accepted records without an outcome yet."""
+    oldest_age_s: float
+    """Since the oldest of these jobs was accepted."""
+
+
+async def load_by_tenant_and_target(pool: asyncpg.Pool, tenant: str | None) -> list[Load]:
+    """What is queued, per tenant and target (only ``tenant``'s when given), from the
+    ``sluice_jobs_unfinished`` index: the dashboard's load and queue figures."""
+    rows = await pool.fetch(
+        "SELECT coalesce(tenant, '') AS tenant, target, count(*) AS jobs,"
+        " sum(records_received - succeeded - failed - duplicates) AS queued,"
+        " extract(epoch FROM now() - min(accepted_at)) AS age"
+        f" FROM sluice_jobs WHERE source = '{_HTTP}' AND state IN {_RUNNING}"
+        " AND ($1::text IS NULL OR tenant = $1) GROUP BY 1, 2 ORDER BY 4 DESC, 1, 2", tenant)
+    return [Load(r["tenant"], r["target"], int(r["jobs"]), int(r["queued"]),
+                 float(r["age"] or 0.0)) for r in rows]
 
 
 async def pending_work_by_tenant(pool: asyncpg.Pool) -> tuple[dict[str, int], float]:

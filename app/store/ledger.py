@@ -19,8 +19,10 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, timedelta
+from typing import Any
 
 import asyncpg
+import orjson
 
 from schemas.outcomes import LETTER, MAX_BLOCK_SPAN, STATUS_OF, Outcome, OutcomeBlock
 from schemas.vocabulary import RecordStatus
@@ -322,3 +324,25 @@ async def iter_outcomes(
         if done:
             return
         after = (rows[-1]["first_idx"], rows[-1]["written_on"])
+
+
+async def failures_by_code(pool: asyncpg.Pool, job_id: str, examples: int) -> list[dict[str, Any]]:
+    """A job's failed records by code, most frequent first: each code's count and its
+    first ``examples`` failures (index, message, the record as received). Reads only the
+    job's blocks that hold a failure."""
+    rows = await pool.fetch(
+        f"""
+        SELECT r.code, count(*) AS records,
+               (array_agg(jsonb_build_object('index', r.idx, 'message', r.message,
+                                             'record', r.record) ORDER BY r.idx))[1:$3] AS examples
+        FROM {TABLE} b
+        CROSS JOIN LATERAL unnest(b.idx, string_to_array(b.statuses, NULL),
+                                  coalesce(b.codes, array_fill(NULL::text, ARRAY[cardinality(b.idx)])),
+                                  coalesce(b.messages, array_fill(NULL::text, ARRAY[cardinality(b.idx)])),
+                                  coalesce(b.records, array_fill(NULL::text, ARRAY[cardinality(b.idx)])))
+            AS r(idx, letter, code, message, record)
+        WHERE b.job_id = $1 AND b.{_COUNTED[RecordStatus.FAILED]} > 0 AND r.letter = $2
+        GROUP BY r.code ORDER BY records DESC, r.code
+        """, job_id, LETTER[RecordStatus.FAILED], examples)
+    return [{"code": row["code"], "records": row["records"],
+             "examples": [orjson.loads(e) for e in row["examples"]]} for row in rows]

@@ -4,7 +4,9 @@ Publishing a report after the commit that completes a job, in a second step, los
 when the process dies in between. So every transition into a terminal state (the
 sink's last count, an abort, a failed submission) writes the job's snapshot here in the
 same transaction, and the worker's report publisher sends what is unsent and marks it
-sent only after the broker acknowledged it: at least once, keyed by job id.
+sent only after the broker acknowledged it: at least once, keyed by job id. The same
+statement queues the job's webhook deliveries (app/store/webhooks.py), one per endpoint
+of its tenant, so that no job ends without them either.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.store import webhooks
 from schemas.vocabulary import TERMINAL_STATES
 
 DDL = """
@@ -32,14 +35,14 @@ JOB_ENDED_CHANNEL = "sluice_job_ended"
 """Notified (payload: the job id), at the commit, when a job's report is queued: the job
 has just ended. A web process answering ``Prefer: wait`` listens (web/job_endings.py)."""
 
-_ENQUEUE = """
+_ENQUEUE = f"""
 WITH queued AS (
     INSERT INTO sluice_report_outbox (job_id, snapshot)
     SELECT j.job_id, to_jsonb(j) FROM sluice_jobs j
     WHERE j.job_id = ANY($1::text[]) AND j.state = ANY($2::text[])
     ON CONFLICT (job_id) DO NOTHING
-    RETURNING job_id
-)
+    RETURNING job_id, snapshot
+), deliveries AS ({webhooks.QUEUE_JOB_ENDED})
 SELECT count(pg_notify($3, job_id)) FROM queued
 """
 _TERMINAL = sorted(TERMINAL_STATES)

@@ -159,6 +159,7 @@ def running_stack(data: Path, embedded: EmbeddedStack, **settings: str) -> Itera
         env_var("http_port"): str(port),
         env_var("worker_metrics_port"): str(free_port()),
         env_var("web_metrics_port"): str(free_port()),
+        env_var("grpc_port"): str(free_port()),
         env_var("max_body_bytes"): str(TEST_MAX_BODY_BYTES),
         env_var("worker_id"): "sluice-test-worker",
         # Envelopes naming a target nobody defines fail after this wait, not the default 60 s.
@@ -169,6 +170,14 @@ def running_stack(data: Path, embedded: EmbeddedStack, **settings: str) -> Itera
         # Payloads from about 7,500 records on are produced while parsed (and written
         # early by the worker), so that the suite's bigger jobs take that path.
         env_var("stream_after_bytes"): str(STREAM_AFTER_BYTES),
+        # Webhooks to a receiver on 127.0.0.1, retried after 0.25, 0.5, 1, 2, 2… s and given
+        # up 8 s after they were queued, so that test_webhooks.py sees both in seconds.
+        env_var("webhook_private_destinations"): "true",
+        env_var("webhook_retry_base_s"): "0.25",
+        env_var("webhook_retry_cap_s"): "2",
+        env_var("webhook_max_age_s"): "8",
+        env_var("webhook_timeout_s"): "1",
+        env_var("webhook_poll_s"): "0.05",
         **{env_var(name): value for name, value in settings.items()},
     })
     children = [_spawn("web", env, data / "web.log"), _spawn("worker", env, data / "worker.log")]

@@ -46,6 +46,12 @@ CHECKS_LEFT_OUT = {
         "DELETE aborts a job; the job and its results stay readable (README, HTTP API)",
 }
 
+OPERATIONS_LEFT_OUT = {
+    "getBulkOperationEvents": "an event stream stays open until its job ends",
+    "getTenantEvents": "a tenant's event stream stays open until the client leaves",
+}
+"""Left to the provocations below (``_event_streams``): schemathesis reads a whole answer."""
+
 
 @dataclass
 class Answers:
@@ -87,6 +93,8 @@ def schemathesis_run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> 
         f"{stack.base_url}/v1/openapi.json",
         "--header", f"Authorization: Bearer {token_for(stack.auth, subject='contract')}",
         "--checks", "all", "--exclude-checks", ",".join(CHECKS_LEFT_OUT),
+        *[flag for operation_id in OPERATIONS_LEFT_OUT
+          for flag in ("--exclude-operation-id", operation_id)],
         "--max-examples", str(MAX_EXAMPLES), "--request-timeout", "30",
         "--no-color", "--generation-database", "none",
         "--report", "har", "--report-har-path", str(har),
@@ -138,12 +146,25 @@ def _job_operations(job_id: str) -> list[tuple[str, str, str]]:
     ]
 
 
+def _webhook_operations(webhook_id: str) -> list[tuple[str, str, str]]:
+    """The webhook operations but registration (which needs a body)."""
+    return [
+        ("listWebhooks", "GET", "/v1/webhooks"),
+        ("getWebhook", "GET", f"/v1/webhooks/{webhook_id}"),
+        ("deleteWebhook", "DELETE", f"/v1/webhooks/{webhook_id}"),
+        ("listWebhookDeliveries", "GET", f"/v1/webhooks/{webhook_id}/deliveries"),
+    ]
+
+
 def _every_v1_operation(job_id: str) -> list[tuple[str, str, str]]:
     return [("submitBulkOperation", "POST", "/v1/bulk-operations?target=sensor_readings"),
             *_job_operations(job_id),
+            ("createWebhook", "POST", "/v1/webhooks"),
+            *_webhook_operations(job_id),
             ("listTargets", "GET", "/v1/targets"),
             ("getTarget", "GET", "/v1/targets/sensor_readings"),
-            ("getTargetProto", "GET", "/v1/targets/sensor_readings.proto")]
+            ("getTargetProto", "GET", "/v1/targets/sensor_readings.proto"),
+            ("getOverview", "GET", "/v1/overview")]
 
 
 BODY = {"data": ndjson([reading("contract", 1)]),
@@ -207,6 +228,41 @@ async def _job_that_runs_until_aborted(dsn: str) -> str:
         return job_id
     finally:
         await pool.close()
+
+
+WEBHOOK = {"url": "https://receiver.example/hooks/contract", "events": ["job.ended"]}
+
+
+def _webhooks(stack: Stack, client: Client) -> None:
+    """Each answer of the webhook operations, in a tenant of their own: registered (201),
+    read, listed, deleted (204); a body that is not JSON (400), too big (413), a URL or
+    events refused (422), one endpoint past the tenant's limit (409), a bad page cursor
+    (400). Then the endpoints schemathesis registered for the dev tenant are deleted, so
+    that the rest of the session's dev jobs are not delivered to them."""
+    own = bearer(token_for(stack.auth, subject="contract-webhooks",
+                           tenant=f"contract-{uuid.uuid4().hex[:8]}"))
+    created = client.call("createWebhook", "POST", "/v1/webhooks", json=WEBHOOK, headers=own).json()
+    for operation_id, method, path in _webhook_operations(created["id"]):
+        client.call(operation_id, method, path, headers=own)
+    path = f"/v1/webhooks/{created['id']}"
+    client.call("getWebhook", "GET", path, headers=own)  # 404: deleted
+    client.call("createWebhook", "POST", "/v1/webhooks", data=b"not json", headers=own)
+    client.call("createWebhook", "POST", "/v1/webhooks",
+                json={**WEBHOOK, "padding": "x" * 20_000}, headers=own)
+    client.call("createWebhook", "POST", "/v1/webhooks", json={"url": "ftp://x"}, headers=own)
+    client.call("createWebhook", "POST", "/v1/webhooks", json={**WEBHOOK, "events": ["nope"]},
+                headers=own)
+    kept = client.call("createWebhook", "POST", "/v1/webhooks", json=WEBHOOK, headers=own).json()
+    for _ in range(100):
+        if client.call("createWebhook", "POST", "/v1/webhooks", json=WEBHOOK,
+                       headers=own).status_code == 409:
+            break
+    client.call("listWebhookDeliveries", "GET", f"/v1/webhooks/{kept['id']}/deliveries?cursor=x",
+                headers=own)
+    dev = bearer(token_for(stack.auth))
+    for headers in (own, dev):
+        for webhook in client.call("listWebhooks", "GET", "/v1/webhooks", headers=headers).json()["webhooks"]:
+            client.call("deleteWebhook", "DELETE", webhook["links"]["self"], headers=headers)
 
 
 def _slow_body(seconds: float) -> Iterator[bytes]:
@@ -281,19 +337,63 @@ def _forwarder(upstream: Path, folder: Path) -> Iterator[threading.Event]:
         loop.close()
 
 
+EVENT_STREAMS = ("getTenantEvents", "/v1/events")
+
+
+def _open_stream(client: Client, operation_id: str, path: str,
+                 headers: dict[str, str]) -> requests.Response:
+    """An event stream's answer, its body left unread (a stream does not end by itself)."""
+    response = requests.get(client.base_url + path, headers=headers, stream=True, timeout=30)
+    client.answers.add(operation_id, response.status_code)
+    if response.status_code == 200:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+    else:
+        SCHEMA.find_operation_by_id(operation_id).validate_response(response)
+    return response
+
+
+def _event_streams(stack: Stack, client: Client, job_id: str) -> None:
+    """The event streams' answers but 503 (see _database_gone): 200, and each refusal."""
+    dev = bearer(token_for(stack.auth))
+    no_scopes = bearer(token_for(stack.auth, subject="contract-no-scopes", scopes=()))
+    limited = bearer(token_for(stack.auth, subject="limited-requests",
+                               tenant=f"contract-{uuid.uuid4().hex[:8]}"))
+    ended = client.call("submitBulkOperation", "POST", "/v1/bulk-operations?target=sensor_readings",
+                        data=BODY["data"], headers={**BODY["headers"], **dev}).json()["job_id"]
+    for operation_id, path in (("getBulkOperationEvents", f"/v1/bulk-operations/{ended}/events"),
+                               EVENT_STREAMS):
+        for headers in ({}, no_scopes, *[limited] * 4, dev):
+            _open_stream(client, operation_id, path, headers).close()
+    _open_stream(client, "getBulkOperationEvents", f"/v1/bulk-operations/{job_id}/events",
+                 dev).close()
+
+
 def _database_gone(stack: Stack, client: Client, folder: Path, job_id: str) -> None:
-    """503 from every operation that reads PostgreSQL, and from /readyz, once it is gone."""
+    """503 from every operation that reads PostgreSQL, and from /readyz, once it is gone;
+    and from the event streams past the process's limit of them (1 here)."""
     socket_dir = parse_qs(urlsplit(stack.dsn).query)["host"][0]
     dev = bearer(token_for(stack.auth))
     with _forwarder(Path(socket_dir) / SOCKET_NAME, folder) as cut, second_web(
             stack, folder / "web.log", database_url=stack.dsn.replace(socket_dir, str(folder)),
-            readiness_cache_s="0") as web:
+            readiness_cache_s="0", events_max_watchers="1") as web:
         gone = Client(web.base_url, client.answers)
         gone.call("getReadiness", "GET", "/readyz")
+        with _open_stream(gone, *EVENT_STREAMS, dev):
+            for operation_id, path in (EVENT_STREAMS, ("getBulkOperationEvents",
+                                                       f"/v1/bulk-operations/{job_id}/events")):
+                _open_stream(gone, operation_id, path, dev).close()
+        time.sleep(2)  # the web process notices the client has gone (within a second)
         cut.set()
         time.sleep(0.5)
         for operation_id, method, path in _job_operations(job_id):
             gone.call(operation_id, method, path, headers=dev)
+        for operation_id, method, path in _webhook_operations(job_id):
+            gone.call(operation_id, method, path, headers=dev)
+        gone.call("createWebhook", "POST", "/v1/webhooks", json=WEBHOOK, headers=dev)
+        gone.call("getOverview", "GET", "/v1/overview", headers=dev)
+        for operation_id, path in (EVENT_STREAMS, ("getBulkOperationEvents",
+                                                   f"/v1/bulk-operations/{job_id}/events")):
+            _open_stream(gone, operation_id, path, dev).close()
         gone.call("submitBulkOperation", "POST", "/v1/bulk-operations?target=sensor_readings",
                   data=BODY["data"], headers={**BODY["headers"], **dev})
         gone.call("getReadiness", "GET", "/readyz")
@@ -306,9 +406,15 @@ def test_every_documented_status_is_answered(
     client = Client(stack.base_url, answers)
     job_id = str(uuid.uuid4())
     client.call("getOpenApiDocument", "GET", "/v1/openapi.json")
+    # 404s schemathesis reaches only when it happens to generate an unknown name.
+    dev = bearer(token_for(stack.auth))
+    client.call("getTarget", "GET", "/v1/targets/no-such-target", headers=dev)
+    client.call("getTargetProto", "GET", "/v1/targets/no-such-target.proto", headers=dev)
     _authorised(stack, client, job_id)
     _submissions(stack, client)
+    _webhooks(stack, client)
     _deadlines(stack, client, tmp_path / "deadline-web.log")
+    _event_streams(stack, client, job_id)
     _database_gone(stack, client, tmp_path, job_id)
     never = {}
     for path_item in openapi_document()["paths"].values():

@@ -65,7 +65,9 @@ def test_bench_prints_every_figure_as_json() -> None:
     formats = figures["formats"]
     assert formats["records"] == 2000
     assert [r["format"] for r in formats["runs"]] == [
-        "NDJSON", "JSON", "CSV", "Protobuf", "Avro", "Avro, deflate"]
+        "NDJSON", "JSON", "CSV", "Protobuf", "Avro", "Avro, deflate", "Protobuf over gRPC"]
+    ratios = formats["grpc_over_http_protobuf"]
+    assert ratios["to_answer"] > 0 and ratios["end_to_end"] > 0
     for run in formats["runs"]:
         assert run["states"] == ["completed"], run
         assert run["bytes_per_record"] > 0 and run["records_per_s"] > 0

@@ -1,4 +1,5 @@
-"""The per-format comparison: the same readings sent as NDJSON, JSON, CSV, Protobuf and Avro.
+"""The per-format comparison: the same readings sent as NDJSON, JSON, CSV, Protobuf and Avro,
+and the Protobuf ones once more through gRPC Submit (grpc_submit), with its ratio to HTTP.
 
 Each format gets the same number of records under a fresh tag (fresh keys, so every run
 inserts), one payload after the other on one pipeline, so the figures differ by format
@@ -19,6 +20,7 @@ import orjson
 
 from app.devtools.bench import scenarios
 from app.devtools.bench.client import CSV, NDJSON, TARGET
+from app.devtools.bench.grpc_submit import grpc_run
 from app.devtools.bench.processes import Pipeline, cpu_seconds
 from app.devtools.bench.workload import BASE_MS, csv_body, ndjson, reading
 from schemas.protobuf import message_class
@@ -101,4 +103,20 @@ async def formats_run(pipeline: Pipeline, tag: str, records: int,
             "web_cpu_us_per_record": web_cpu / records * 1e6, "states": sorted(set(run.states)),
         })
         del body
-    return {"records": records, "runs": runs}
+    return {"records": records, "runs": runs,
+            **await _over_grpc(pipeline, f"{tag}-grpc", records, runs, say)}
+
+
+async def _over_grpc(pipeline: Pipeline, tag: str, records: int, runs: list[dict[str, Any]],
+                     say: Callable[[str], None]) -> dict[str, Any]:
+    """The Protobuf records once more through gRPC Submit (a row of ``runs``), and its ratios
+    to the HTTP Protobuf run of this same bench: records/s to the answer (what the ingress
+    takes) and end to end."""
+    http = next(run for run in runs if run["content_type"] == PROTOBUF)
+    body = protobuf_body(tag, records)
+    say(f"{records:,} Protobuf records through gRPC Submit")
+    run = await grpc_run(pipeline, body, records)
+    runs.append(run)
+    return {"grpc_over_http_protobuf": {
+        "to_answer": http["to_202_s"] / run["to_202_s"],
+        "end_to_end": run["records_per_s"] / http["records_per_s"]}}

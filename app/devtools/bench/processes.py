@@ -108,6 +108,8 @@ class Pipeline:
     workers: list[subprocess.Popen[bytes]]
     auth_headers: dict[str, str]
     """A dev token for the bench's requests: authentication is on, as with `sluice run`."""
+    grpc_port: int = 0
+    """The web process's gRPC BulkIngest port."""
 
     @property
     def worker_pids(self) -> list[int]:
@@ -167,15 +169,16 @@ class BenchServices:
         run = uuid.uuid4().hex[:6]
         workers = int(settings.get("local_workers", self.settings.local_workers))
         ports: set[int] = set()
-        while len(ports) < workers + 2:  # all different: a port picked twice would serve one process
+        while len(ports) < workers + 3:  # all different: a port picked twice would serve one process
             ports.add(free_port())
-        port, web_metrics_port, *metrics_ports = ports
+        port, web_metrics_port, grpc_port, *metrics_ports = ports
         prefix = f"bench-{name}-{run}"
         env = {
             **self.env,
             env_var("http_host"): "127.0.0.1",
             env_var("http_port"): str(port),
             env_var("web_metrics_port"): str(web_metrics_port),
+            env_var("grpc_port"): str(grpc_port),
             env_var("topic_prefix"): prefix,
             env_var("worker_id"): prefix,
             env_var("log_level"): "WARNING",
@@ -197,9 +200,10 @@ class BenchServices:
         pipeline = Pipeline(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{web_metrics_port}",
                             [f"http://127.0.0.1:{p}" for p in metrics_ports], prefix, web,
                             worker_processes,
-                            {"Authorization": "Bearer " + dev_token(self._auth, self.settings)})
+                            {"Authorization": "Bearer " + dev_token(self._auth, self.settings)},
+                            grpc_port)
         self._pipelines.append(pipeline)
-        for p in (port, web_metrics_port, *metrics_ports):
+        for p in (port, web_metrics_port, grpc_port, *metrics_ports):
             wait_for_port(p, timeout=60)
         return pipeline
 

@@ -64,10 +64,14 @@ def _formats(formats: dict[str, Any]) -> list[str]:
              f"{run['total_s']:.2f}", _n(run["records_per_s"]), f"{run['parse_us_per_record']:.1f}",
              f"{run['web_cpu_us_per_record']:.1f}")
             for run in formats["runs"]]
+    notes = []
+    if ratios := formats.get("grpc_over_http_protobuf"):
+        notes.append(f"  gRPC Submit / HTTP Protobuf, same run: {ratios['to_answer']:.2f}x records/s "
+                     f"to the answer (gRPC's Job, HTTP's 202), {ratios['end_to_end']:.2f}x end to end")
     return ["", f"body formats: {_n(formats['records'])} records in each, one payload at a time "
             "(parse: the web's parse stage, wall time; web CPU: parse and produce)",
             *_table(("format", "bytes/record", "to 202 s", "end to end s", "records/s",
-                     "parse us/record", "web CPU us/record"), rows)]
+                     "parse us/record", "web CPU us/record"), rows), *notes]
 
 
 def _small_jobs(small: dict[str, Any], inline: dict[str, Any] | None) -> list[str]:

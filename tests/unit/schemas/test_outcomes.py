@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from schemas.received import RecordText
 
 from schemas.outcomes import (
     MAX_BLOCK_SPAN,
@@ -13,6 +12,7 @@ from schemas.outcomes import (
     blocks_of,
     count_statuses,
 )
+from schemas.received import RecordText
 from schemas.vocabulary import RecordStatus
 
 statuses = st.sampled_from(list(RecordStatus))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
-from schemas.received import RecordText
 
 from schemas.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeCodec, Item
+from schemas.received import RecordText
 from schemas.targets import BUILTIN_TARGETS_DIR, Target, load_targets
 from web.idempotency import Fingerprint
 from web.payloads import MediaType, PayloadReader

@@ -52,3 +52,17 @@ def test_the_report_shows_each_format() -> None:
     protobuf = next(line for line in text.splitlines() if line.startswith("Protobuf "))
     assert protobuf.split() == ["Protobuf", "23.0", "1.00", "2.50", "80,003", "2.0", "3.2"]
     assert any(line.startswith("Avro, deflate ") for line in text.splitlines())
+
+
+def test_the_report_gives_grpc_submit_its_ratio_to_http_protobuf() -> None:
+    runs = [{"format": "Protobuf over gRPC", "content_type": "grpc (BulkIngest.Submit)",
+             "bytes_per_record": 23.0, "to_202_s": 0.8, "total_s": 2.0, "records_per_s": 100_000.0,
+             "parse_s": 0.4, "parse_us_per_record": 2.0, "web_cpu_us_per_record": 3.0,
+             "states": ["completed"]}]
+    figures = _figures(formats={"records": 200_000, "runs": runs, "grpc_over_http_protobuf": {
+        "to_answer": 1.25, "end_to_end": 1.04}})
+    figures["targets"] = targets(figures)
+    text = render(figures)
+    assert "  gRPC Submit / HTTP Protobuf, same run: 1.25x records/s to the answer " \
+           "(gRPC's Job, HTTP's 202), 1.04x end to end" in text.splitlines()
+    assert any(line.startswith("Protobuf over gRPC ") for line in text.splitlines())

@@ -43,7 +43,7 @@ async def test_a_minted_token_verifies_against_the_dev_jwks(tmp_path: Path) -> N
     policy = TokenPolicy(DEV_ISSUER, DEV_AUDIENCE, leeway_s=30, max_lifetime_s=3600)
     principal = await authenticate(token, keys, policy)
     assert (principal.subject, principal.tenant) == ("dev", "dev")
-    assert principal.scopes == {"bulk:write", "bulk:read"}
+    assert principal.scopes == {"bulk:write", "bulk:read", "ops:read"}
     assert principal.roles == {"dev"}
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] <= 3600
