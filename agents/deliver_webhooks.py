@@ -26,6 +26,8 @@ from app import metrics, webhook_sender
 from app.faust_app import app
 from app.settings import Settings, get_settings
 from app.store import webhooks
+from app.store.listener import ChannelListener
+from app.store.reports import JOB_ENDED_CHANNEL
 from schemas.job_report import job_report
 from schemas.webhooks import AttemptOutcome, DeliveryState, payload, retry_delay_s
 
@@ -43,7 +45,7 @@ _DB_DOWN = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 class WebhookDeliverer(faust.Service):
     """Claims due deliveries while it has free slots, attempts each in a task of its own
     (one slow endpoint holds one slot, not the others), and waits ``webhook_poll_s`` when
-    none is due."""
+    none is due, or until a job ends."""
 
     @faust.Service.task
     async def _deliver(self) -> None:
@@ -54,6 +56,13 @@ class WebhookDeliverer(faust.Service):
             allow_private=settings.webhook_private_destinations)
         in_flight: set[asyncio.Task[None]] = set()
         upkeep_at, upkeeps = 0.0, 0
+        # A job's end queues its deliveries and notifies JOB_ENDED_CHANNEL at the commit:
+        # its first attempt is made at once; retries fall due by time, within a poll.
+        ended = asyncio.Event()
+        _, dsn, _ = settings.require_services()
+        listener = ChannelListener(dsn, JOB_ENDED_CHANNEL, lambda _: ended.set(),
+                                   on_connected=ended.set)
+        listener.start()
         try:
             while not self.should_stop:
                 free = settings.webhook_concurrency - len(in_flight)
@@ -75,12 +84,13 @@ class WebhookDeliverer(faust.Service):
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
                 if len(claimed) < free or not free:
-                    if in_flight:
-                        await asyncio.wait(in_flight, timeout=settings.webhook_poll_s,
-                                           return_when=asyncio.FIRST_COMPLETED)
-                    else:
-                        await asyncio.sleep(settings.webhook_poll_s)
+                    waking = asyncio.ensure_future(ended.wait())
+                    await asyncio.wait({waking, *in_flight}, timeout=settings.webhook_poll_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    waking.cancel()
+                    ended.clear()
         finally:
+            await listener.stop()
             # Attempts cut short are claimed again when their lease ends: at least once.
             for task in in_flight:
                 task.cancel()

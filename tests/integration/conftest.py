@@ -177,7 +177,7 @@ def running_stack(data: Path, embedded: EmbeddedStack, **settings: str) -> Itera
         env_var("webhook_retry_cap_s"): "2",
         env_var("webhook_max_age_s"): "8",
         env_var("webhook_timeout_s"): "1",
-        env_var("webhook_poll_s"): "0.05",
+        env_var("webhook_poll_s"): "0.25",
         **{env_var(name): value for name, value in settings.items()},
     })
     children = [_spawn("web", env, data / "web.log"), _spawn("worker", env, data / "worker.log")]

@@ -85,9 +85,12 @@ function renderJobs() {
 
 function countProgress(job) {
   const now = doneOf(job.counts);
-  const before = state.done.get(job.job_id);
+  // A job the page has not seen yet started after it opened (the listing read at start
+  // holds the others): all its records were given outcomes while the page watched, even
+  // when its first event is its end (a small job ends within one event tick).
+  const before = state.done.get(job.job_id) ?? 0;
   state.done.set(job.job_id, now);
-  if (before === undefined || now <= before) return;
+  if (now <= before) return;
   const second = Math.floor(Date.now() / 1000);
   state.perSecond.set(second, (state.perSecond.get(second) || 0) + (now - before));
 }
