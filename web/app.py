@@ -92,7 +92,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     endings.start()
     app[job_events_key] = events = JobEventHub(
         pool, tick_s=settings.events_tick_s, buffer=settings.events_buffer,
-        receiving_window_s=settings.submission_timeout_s + jobs.SEAL_GRACE_S)
+        receiving_window_s=settings.submission_timeout_s + jobs.SEAL_GRACE_S,
+        max_watchers=settings.events_max_watchers)
     sweeper = asyncio.create_task(_sweep_stalled_jobs(pool, settings.job_stall_timeout_s))
     gauges = asyncio.create_task(refresh_queue_gauges(app[admission_key].backlog))
     log.info("web resources ready", extra={"targets": sorted(targets)})

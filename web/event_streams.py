@@ -63,21 +63,9 @@ async def event_body(request: web.Request, update: JobUpdate) -> dict[str, Any]:
     return body
 
 
-def _too_many_watchers() -> Problem:
-    return Problem(503, "Too many event streams",
-                   "this web process holds as many event streams as it may; retry shortly",
-                   slug=ProblemType.TOO_MANY_WATCHERS, headers={"Retry-After": "5"})
-
-
-def _check_capacity(request: web.Request) -> None:
-    if request.app[job_events_key].watchers >= request.app[settings_key].events_max_watchers:
-        raise _too_many_watchers()
-
-
 async def job_events(request: web.Request) -> web.StreamResponse:
     """One job's events until it ends."""
     principal = require_scope(request, SCOPE_READ)
-    _check_capacity(request)
     job_id = request.match_info["job_id"]
     try:
         async with request.app[job_events_key].job(job_id, principal.tenant) as subscription:
@@ -90,7 +78,6 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 async def tenant_events(request: web.Request) -> web.StreamResponse:
     """Every job of the caller's tenant, until the client leaves."""
     principal = require_scope(request, SCOPE_READ)
-    _check_capacity(request)
     async with request.app[job_events_key].tenant(principal.tenant) as subscription:
         return await _stream(request, subscription)
 

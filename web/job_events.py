@@ -31,6 +31,7 @@ from aiohttp import web
 from app import metrics
 from app.store import jobs
 from schemas.vocabulary import TERMINAL_STATES, JobState
+from web.problems import Problem, ProblemType
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ class JobEventHub:
     """The process's one reader of watched jobs; see the module docstring."""
 
     def __init__(self, pool: asyncpg.Pool, *, tick_s: float, buffer: int,
-                 receiving_window_s: float) -> None:
+                 receiving_window_s: float, max_watchers: int) -> None:
         self._pool = pool
+        self._max_watchers = max_watchers
         self._tick_s = tick_s
         self._buffer = buffer
         self._receiving_window = timedelta(seconds=receiving_window_s)
@@ -172,6 +174,7 @@ class JobEventHub:
     @contextlib.asynccontextmanager
     async def job(self, job_id: str, tenant: str) -> AsyncIterator[Subscription]:
         """Updates of one job, its current state first; UnknownJob if it is not the tenant's."""
+        self._check_room()
         job = await jobs.get_for_tenant(self._pool, job_id, tenant)
         if job is None or not _visible(job):
             raise UnknownJob(job_id)
@@ -187,6 +190,7 @@ class JobEventHub:
     @contextlib.asynccontextmanager
     async def tenant(self, tenant: str) -> AsyncIterator[Subscription]:
         """Updates of every job of a tenant, its unfinished jobs' current state first."""
+        self._check_room()
         subscription = Subscription(tenant, None, self._buffer)
         for job in await jobs.unfinished_for_tenant(self._pool, tenant, self._receiving_window):
             subscription.offer(job)
@@ -200,6 +204,13 @@ class JobEventHub:
             self._discard(self._by_tenant, tenant, subscription)
             if tenant not in self._by_tenant:
                 self._followed.pop(tenant, None)
+
+    def _check_room(self) -> None:
+        """503 past ``max_watchers``: each stream holds a connection and a buffer."""
+        if self.watchers >= self._max_watchers:
+            raise Problem(503, "Too many event streams",
+                          "this web process holds as many event streams as it may; retry shortly",
+                          slug=ProblemType.TOO_MANY_WATCHERS, headers={"Retry-After": "5"})
 
     def _discard(self, index: dict[str, set[Subscription]], key: str,
                  subscription: Subscription) -> None:

@@ -148,7 +148,7 @@ async def test_a_watcher_that_does_not_read_is_dropped_and_the_others_get_every_
     db: asyncpg.Pool,
 ) -> None:
     tenant = f"events-{uuid.uuid4().hex[:6]}"
-    hub = JobEventHub(db, tick_s=3600, buffer=3, receiving_window_s=60)  # ticked by hand
+    hub = JobEventHub(db, tick_s=3600, buffer=3, receiving_window_s=60, max_watchers=10)  # ticked by hand
     job_id = await _job(db, tenant, 100)
     try:
         async with hub.job(job_id, tenant) as idle, hub.job(job_id, tenant) as reader:
@@ -177,7 +177,7 @@ async def test_a_job_that_starts_and_ends_between_two_ticks_is_reported_once(
     db: asyncpg.Pool,
 ) -> None:
     tenant = f"events-{uuid.uuid4().hex[:6]}"
-    hub = JobEventHub(db, tick_s=3600, buffer=100, receiving_window_s=60)
+    hub = JobEventHub(db, tick_s=3600, buffer=100, receiving_window_s=60, max_watchers=10)
     try:
         async with hub.tenant(tenant) as watcher:
             await hub.tick()

@@ -25,7 +25,7 @@ from web.job_events import SlowSubscriber, UnknownJob, job_events_key
 from web.payloads import MediaType, PayloadError
 from web.problems import Problem, ProblemType, as_problem
 from web.security import authenticate_call, demand_scope, guard_key
-from web.typedefs import pool_key, settings_key
+from web.typedefs import pool_key
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,7 @@ class BulkIngestService(bulk_ingest_pb2_grpc.BulkIngestServicer):
         try:
             principal = await self._caller(context)
             demand_scope(principal, SCOPE_READ, method=GRPC_METHOD, path=WATCH)
-            hub = self._app[job_events_key]
-            if hub.watchers >= self._app[settings_key].events_max_watchers:
-                raise Problem(503, "Too many event streams",
-                              "this web process holds as many event streams as it may; "
-                              "retry shortly", slug=ProblemType.TOO_MANY_WATCHERS,
-                              headers={"Retry-After": "5"})
-            async with hub.job(request.job_id, principal.tenant) as updates:
+            async with self._app[job_events_key].job(request.job_id, principal.tenant) as updates:
                 async for update in updates:
                     yield job_message(update.job, final=update.final)
         except UnknownJob:
