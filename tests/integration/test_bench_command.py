@@ -13,7 +13,7 @@ def test_bench_prints_every_figure_as_json() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "app.cli", "bench", "--records", "4000", "--payloads", "4",
          "--big-mb", "0.5", "--producer-records", "300", "--sweep", "2000",
-         "--sweep-records", "1000", "--small-jobs", "24", "--small-job-records", "50",
+         "--sweep-records", "1000", "--small-jobs", "24", "--small-job-records", "50", "--watchers", "20",
          "--small-clients", "4", "--long-records", "900", "--long-payload-records", "400",
          "--format-records", "2000", "--no-kafka", "--json"],
         capture_output=True, timeout=280, check=False,
@@ -35,6 +35,9 @@ def test_bench_prints_every_figure_as_json() -> None:
     assert (dirty["records"], dirty["failed"]) == (4000, 84)
     assert dirty["states"] == ["completed_with_errors"] and dirty["clean_ratio"] > 0
     assert figures["copy"]["records"] == 4000 and 0 < figures["copy"]["end_to_end_ratio"] < 1
+    watched = figures["watched"]
+    assert (watched["records"], watched["watchers"], watched["states"]) == (4000, 20, ["completed"])
+    assert watched["watchers_saw_end"] == 20 and watched["single_ratio"] > 0
     assert figures["copy"]["concurrent_ratio"] > 0
     assert [r["batch_size"] for r in figures["batch_sweep"]["runs"]] == [2000]
     small = figures["small_jobs"]

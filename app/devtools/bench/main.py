@@ -21,6 +21,7 @@ from app.devtools.bench.on_kafka import kafka_runs
 from app.devtools.bench.processes import BenchServices, Pipeline
 from app.devtools.bench.report import render
 from app.devtools.bench.small_jobs import small_jobs_run
+from app.devtools.bench.watchers import watched_run
 from app.devtools.bench.workload import ndjson, ndjson_of_size
 from app.settings import get_settings
 
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format-records", type=int, default=200_000,
                         help="records sent once in each body format (NDJSON, JSON, CSV, Protobuf, "
                              "Avro), fresh keys each time, to compare them (0 skips it)")
+    parser.add_argument("--watchers", type=int, default=200,
+                        help="live event streams (SSE, the tenant's jobs) open during a second "
+                             "single-payload run, to show what they cost (0 skips it)")
     parser.add_argument("--small-jobs", type=int, default=1000,
                         help="small jobs, each polled to its end before the client sends the next "
                              "(0 skips them)")
@@ -103,6 +107,11 @@ async def _payload_runs(services: BenchServices, pipeline: Pipeline, args: argpa
     say(f"one payload of {n:,} records")
     single = await scenarios.http_run(pipeline, [(ndjson(f"{tag}-one", 0, n), n)])
     figures["single"] = single.as_doc(f"1 x {n:,} NDJSON")
+    if args.watchers > 0:
+        say(f"the same size again, {args.watchers} live event streams open on the web process")
+        watched = await watched_run(pipeline, f"{tag}-watched", n, args.watchers)
+        figures["watched"] = {**watched,
+                              "single_ratio": watched["records_per_s"] / single.records_per_s}
     if args.dirty:
         say(f"the same size dirty: {n:,} records, 2.1 % of them bad")
         dirty = await scenarios.dirty_run(pipeline, services.dsn, f"{tag}-dirty", n)

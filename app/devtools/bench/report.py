@@ -38,9 +38,14 @@ def _run_row(run: dict[str, Any]) -> tuple[str, ...]:
 
 def _runs(figures: dict[str, Any]) -> list[str]:
     """One row per run that moves records, Sluice's and its baselines'."""
-    rows = [_run_row(run) for key in ("single", "dirty", "concurrent", "big")
+    rows = [_run_row(run) for key in ("single", "watched", "dirty", "concurrent", "big")
             if (run := figures.get(key))]
     notes = []
+    if watched := figures.get("watched"):
+        notes.append(f"  with {watched['watchers']} event streams open: "
+                     f"{watched['single_ratio']:.2f}x the single run's records/s; "
+                     f"{watched['watchers_saw_end']} of them saw the job's end, after "
+                     f"{watched['events_per_watcher']:.1f} events each on average")
     if csv := figures.get("csv"):
         rows.append(_run_row(csv["sluice"]))
         if peer := csv["pgloader"]:

@@ -20,7 +20,8 @@ def test_the_bench_measures_sluice_and_kafka_connect_on_kafka(kafka_cluster: Kaf
     completed = subprocess.run(
         [sys.executable, "-m", "app.cli", "bench", "--records", "3000", "--payloads", "2",
          "--big-mb", "0", "--producer-records", "0", "--no-dirty", "--no-csv", "--small-jobs", "0",
-         "--sweep", "", "--format-records", "0", "--peer-records", "2000", "--json"],
+         "--sweep", "", "--format-records", "0", "--watchers", "0", "--peer-records", "2000",
+         "--json"],
         capture_output=True, timeout=280, check=False, env=env)
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
     kafka = orjson.loads(completed.stdout)["kafka"]
