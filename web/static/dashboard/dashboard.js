@@ -50,15 +50,23 @@ function progressBar(job) {
   const counts = job.counts;
   const percent = counts.received ? Math.min(100, Math.floor((100 * doneOf(counts)) / counts.received)) : 0;
   const bar = document.createElement("div");
-  bar.className = counts.failed ? "bar errors" : "bar";
+  bar.className = "bar";
   bar.setAttribute("role", "progressbar");
   bar.setAttribute("aria-valuenow", String(percent));
   bar.dataset.progress = String(percent);
-  const fill = document.createElement("span");
-  fill.style.width = `${percent}%`;
+  // Green for records done, red for the failed share of them (at least a sliver when any).
+  const failedShare = counts.received && counts.failed
+    ? Math.max(1, (100 * counts.failed) / counts.received) : 0;
+  const done = document.createElement("span");
+  done.style.width = `${percent}%`;
+  const failed = document.createElement("span");
+  failed.className = "failed";
+  const failedWidth = Math.min(percent, failedShare);
+  failed.style.left = `${percent - failedWidth}%`;  // at the end of what is done
+  failed.style.width = `${failedWidth}%`;
   const label = document.createElement("em");
   label.textContent = `${percent}%`;
-  bar.append(fill, label);
+  bar.append(done, failed, label);
   return bar;
 }
 
