@@ -15,6 +15,12 @@ ORD = "_sluice_ord"
 """Staging-only column: the position of a row in the batch, to map results back."""
 
 
+def storable(text: str) -> bool:
+    """Whether PostgreSQL text can hold ``text`` (it cannot hold NUL): a client's id or
+    filter that it cannot hold names nothing stored, and is never sent to it."""
+    return "\x00" not in text
+
+
 def quote(identifier: str) -> str:
     """Quote an SQL identifier."""
     return '"' + identifier.replace('"', '""') + '"'

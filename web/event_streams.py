@@ -105,17 +105,16 @@ async def _updates(request: web.Request, subscription: Subscription, keepalive_s
     the client has gone (looked at every GONE_CHECK_S: aiohttp does not cancel a handler
     whose client left, and an idle stream would otherwise hold its watcher until its next
     keep-alive write fails)."""
-    idle_s = 0.0
+    loop = asyncio.get_running_loop()
+    keepalive_at = loop.time() + keepalive_s
     while True:
         transport = request.transport
         if transport is None or transport.is_closing():
             return
-        update = await subscription.next(min(GONE_CHECK_S, keepalive_s - idle_s))
-        if update is None:
-            idle_s += min(GONE_CHECK_S, keepalive_s - idle_s)
-            if idle_s < keepalive_s:
-                continue
-        idle_s = 0.0
+        update = await subscription.next(min(GONE_CHECK_S, keepalive_s))
+        if update is None and loop.time() < keepalive_at:
+            continue
+        keepalive_at = loop.time() + keepalive_s
         yield update
         if update is not None and update.final and subscription.job_id is not None:
             return
@@ -164,9 +163,9 @@ async def _websocket(request: web.Request, subscription: Subscription,
     reader = asyncio.create_task(_drain_incoming(ws))
     try:
         async for update in _updates(request, subscription, keepalive_s):
-            if update is None or ws.closed:
-                if ws.closed:
-                    break
+            if ws.closed:
+                break
+            if update is None:  # aiohttp's heartbeat pings an idle WebSocket
                 continue
             body = orjson.dumps(await event_body(request, update), default=str).decode()
             async with asyncio.timeout(WRITE_TIMEOUT_S):

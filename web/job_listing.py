@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from app.store import jobs
+from schemas.sql import storable
 from schemas.vocabulary import JobState
 from web.auth import SCOPE_READ
 from web.problems import Problem, ProblemType
@@ -43,7 +44,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
     except (binascii.Error, UnicodeError, ValueError):
         raise _bad("cursor is not one this service gave") from None
-    if not job_id or moment.tzinfo is None or not jobs.storable(job_id):
+    if not job_id or moment.tzinfo is None or not storable(job_id):
         raise _bad("cursor is not one this service gave")
     return moment, job_id
 

@@ -36,10 +36,6 @@ def json_answer(body: Any, status: int = 200, headers: dict[str, str] | None = N
                         content_type="application/json")
 
 
-def _job_links(request: web.Request, job_id: str) -> dict[str, str]:
-    return job_links(job_id)
-
-
 def _idempotency_key(request: web.Request) -> str | None:
     for header in IDEMPOTENCY_HEADERS:
         value = request.headers.get(header)
@@ -113,7 +109,7 @@ def job_body(request: web.Request, job: dict[str, Any]) -> dict[str, Any]:
         "accepted_at": job["accepted_at"],
         "updated_at": job["updated_at"],
         "completed_at": job["completed_at"],
-        "links": _job_links(request, job["job_id"]),
+        "links": job_links(job["job_id"]),
     }
 
 

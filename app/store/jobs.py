@@ -17,6 +17,7 @@ import asyncpg
 
 from app.errors import SluiceError
 from app.store import reports
+from schemas.sql import storable
 from schemas.vocabulary import JobSource, JobState, RecordStatus
 
 RESULT_STATUSES = tuple(RecordStatus)
@@ -290,12 +291,6 @@ async def find_sealed(pool: asyncpg.Pool, tenant: str, idempotency_key: str) -> 
         tenant, idempotency_key,
     )
     return dict(row) if row is not None else None
-
-
-def storable(text: str) -> bool:
-    """Whether PostgreSQL text can hold ``text`` (it cannot hold NUL): a client's id or
-    filter that it cannot hold names nothing stored, and is never sent to it."""
-    return "\x00" not in text
 
 
 async def get_for_tenant(pool: asyncpg.Pool, job_id: str, tenant: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from app.errors import SluiceError
+from schemas.sql import storable
 from schemas.webhooks import DeliveryState, WebhookEvent
 
 _PENDING, _DELIVERED, _FAILED = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.FAILED
@@ -103,10 +104,6 @@ async def create_endpoint(pool: asyncpg.Pool, tenant: str, url: str,
     return dict(row)
 
 
-def _storable(text: str) -> bool:
-    return "\x00" not in text
-
-
 async def list_endpoints(pool: asyncpg.Pool, tenant: str) -> list[dict[str, Any]]:
     """A tenant's endpoints, oldest first, without their secrets."""
     rows = await pool.fetch(f"SELECT {_ENDPOINT_COLUMNS} FROM sluice_webhook_endpoints"
@@ -116,7 +113,7 @@ async def list_endpoints(pool: asyncpg.Pool, tenant: str) -> list[dict[str, Any]
 
 async def get_endpoint(pool: asyncpg.Pool, tenant: str, endpoint_id: str) -> dict[str, Any] | None:
     """The tenant's endpoint (no secret), or None: another tenant's is as unknown as none."""
-    if not _storable(endpoint_id):
+    if not storable(endpoint_id):
         return None
     row = await pool.fetchrow(f"SELECT {_ENDPOINT_COLUMNS} FROM sluice_webhook_endpoints"
                               " WHERE endpoint_id = $1 AND tenant = $2", endpoint_id, tenant)
@@ -126,7 +123,7 @@ async def get_endpoint(pool: asyncpg.Pool, tenant: str, endpoint_id: str) -> dic
 async def delete_endpoint(pool: asyncpg.Pool, tenant: str, endpoint_id: str) -> bool:
     """Remove the tenant's endpoint with its deliveries (pending ones are never sent);
     False if it has none by that id."""
-    if not _storable(endpoint_id):
+    if not storable(endpoint_id):
         return False
     deleted = await pool.fetchval(
         "DELETE FROM sluice_webhook_endpoints WHERE endpoint_id = $1 AND tenant = $2"

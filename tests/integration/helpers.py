@@ -13,6 +13,8 @@ import asyncpg
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from app.store import jobs
+
 NDJSON = {"Content-Type": "application/x-ndjson"}
 REPORTS = "sluice.job-reports"
 BASE_MS = 1_696_161_600_000  # 2023-10-01T12:00:00Z
@@ -80,6 +82,16 @@ async def wait_progress(http: aiohttp.ClientSession, job_id: str, at_least: int,
             return job
         await asyncio.sleep(0.05)
     raise AssertionError(f"job {job_id} made no progress to {at_least}: {job}")
+
+
+async def job_running_until_aborted(db: asyncpg.Pool, tenant: str, records: int = 1) -> str:
+    """An accepted job of ``tenant`` whose records are not in Kafka: no worker ends it, so
+    it stays running (and queued) until aborted."""
+    job_id = str(uuid.uuid4())
+    await jobs.create_receiving(db, job_id, "sensor_readings", "insert", records,
+                                seal_within_s=60, tenant=tenant)
+    await jobs.seal(db, job_id)
+    return job_id
 
 
 def big_job(tag: str, n: int, invalid_every: int = 20_000) -> tuple[bytes, int]:

@@ -25,15 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import asyncpg
 import pytest
 import requests
 import schemathesis
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from app.store import jobs
-from tests.integration.conftest import Stack, bearer, second_web, token_for
-from tests.integration.helpers import ndjson, reading
+from tests.integration.conftest import Stack, bearer, db_pool, second_web, token_for
+from tests.integration.helpers import job_running_until_aborted, ndjson, reading
 from web.openapi import openapi_document
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -221,22 +219,14 @@ def _submissions(stack: Stack, client: Client) -> None:
     client.call("abortBulkOperation", "DELETE", accepted["links"]["self"], headers=dev)
     # 202: a job still running when aborted. One sealed with no envelope runs until aborted
     # (a real submission may end first: schemathesis's stateful aborts only sometimes land).
-    running = asyncio.run(_job_that_runs_until_aborted(stack.dsn))
+    running = asyncio.run(_job_that_runs_until_aborted(stack))
     client.call("abortBulkOperation", "DELETE", f"/v1/bulk-operations/{running}", headers=dev)
 
 
-async def _job_that_runs_until_aborted(dsn: str) -> str:
+async def _job_that_runs_until_aborted(stack: Stack) -> str:
     """An accepted job of the dev tenant with no records in Kafka: no worker ends it."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    assert pool is not None
-    try:
-        job_id = str(uuid.uuid4())
-        await jobs.create_receiving(pool, job_id, "sensor_readings", "insert", 1,
-                                    seal_within_s=60, tenant="dev")
-        await jobs.seal(pool, job_id)
-        return job_id
-    finally:
-        await pool.close()
+    async with db_pool(stack) as pool:
+        return await job_running_until_aborted(pool, "dev")
 
 
 WEBHOOK = {"url": "https://receiver.example/hooks/contract", "events": ["job.ended"]}

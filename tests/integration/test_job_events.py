@@ -15,7 +15,14 @@ import pytest
 from app.store import jobs
 from app.store.jobs import Progress
 from tests.integration.conftest import Stack, bearer, token_for
-from tests.integration.helpers import big_job, job_of, ndjson, reading, submit
+from tests.integration.helpers import (
+    big_job,
+    job_of,
+    job_running_until_aborted,
+    ndjson,
+    reading,
+    submit,
+)
 from web.event_streams import WEBSOCKET_PROTOCOL
 from web.job_events import JobEventHub, SlowSubscriber, UnknownJob
 
@@ -131,14 +138,6 @@ async def test_the_streams_need_a_token_with_the_read_scope_and_the_tenant_s_job
 
 # --- the hub itself, on the stack's database ----------------------------------------------
 
-async def _job(db: asyncpg.Pool, tenant: str, records: int) -> str:
-    job_id = str(uuid.uuid4())
-    await jobs.create_receiving(db, job_id, "sensor_readings", "insert", records,
-                                seal_within_s=60, tenant=tenant)
-    await jobs.seal(db, job_id)
-    return job_id
-
-
 async def _progress(db: asyncpg.Pool, job_id: str, succeeded: int) -> None:
     async with db.acquire() as conn, conn.transaction():
         await jobs.record_progress(conn, {job_id: Progress(succeeded, 0, 0, 0, False)})
@@ -149,7 +148,7 @@ async def test_a_watcher_that_does_not_read_is_dropped_and_the_others_get_every_
 ) -> None:
     tenant = f"events-{uuid.uuid4().hex[:6]}"
     hub = JobEventHub(db, tick_s=3600, buffer=3, receiving_window_s=60, max_watchers=10)  # ticked by hand
-    job_id = await _job(db, tenant, 100)
+    job_id = await job_running_until_aborted(db, tenant, 100)
     try:
         async with hub.job(job_id, tenant) as idle, hub.job(job_id, tenant) as reader:
             seen = [(await reader.next(1)).job["succeeded"]]  # type: ignore[union-attr]
@@ -181,7 +180,7 @@ async def test_a_job_that_starts_and_ends_between_two_ticks_is_reported_once(
     try:
         async with hub.tenant(tenant) as watcher:
             await hub.tick()
-            job_id = await _job(db, tenant, 10)
+            job_id = await job_running_until_aborted(db, tenant, 10)
             await _progress(db, job_id, 10)  # accepted and completed before the next tick
             for _ in range(3):
                 await hub.tick()

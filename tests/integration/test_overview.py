@@ -10,15 +10,7 @@ import asyncpg
 
 from app.store import jobs
 from tests.integration.conftest import Stack, bearer, token_for
-
-
-async def _running_job(db: asyncpg.Pool, tenant: str, records: int) -> str:
-    """An accepted job with no records in Kafka: it stays queued until aborted."""
-    job_id = str(uuid.uuid4())
-    await jobs.create_receiving(db, job_id, "sensor_readings", "insert", records,
-                                seal_within_s=60, tenant=tenant)
-    await jobs.seal(db, job_id)
-    return job_id
+from tests.integration.helpers import job_running_until_aborted
 
 
 async def _overview(stack: Stack, token: str) -> dict[str, Any]:
@@ -33,8 +25,9 @@ async def test_a_tenant_sees_its_own_load_and_an_operator_sees_every_tenant(
     stack: Stack, db: asyncpg.Pool,
 ) -> None:
     mine, theirs = (f"overview-{uuid.uuid4().hex[:6]}" for _ in range(2))
-    started = [await _running_job(db, mine, 40), await _running_job(db, mine, 2),
-               await _running_job(db, theirs, 7)]
+    started = [await job_running_until_aborted(db, mine, 40),
+               await job_running_until_aborted(db, mine, 2),
+               await job_running_until_aborted(db, theirs, 7)]
     try:
         own = await _overview(stack, token_for(stack.auth, subject="loader", tenant=mine))
         assert own["scope"] == "tenant"

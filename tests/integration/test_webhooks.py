@@ -19,10 +19,15 @@ import orjson
 from aiohttp import web
 
 from app.settings import env_var
-from app.store import jobs
 from schemas.webhook_signature import ID_HEADER, SIGNATURE_HEADER, verify
 from tests.integration.conftest import Stack, bearer, token_for
-from tests.integration.helpers import ndjson, reading, submit, wait_terminal
+from tests.integration.helpers import (
+    job_running_until_aborted,
+    ndjson,
+    reading,
+    submit,
+    wait_terminal,
+)
 
 MAX_AGE_S = 8.0
 """SLUICE_WEBHOOK_MAX_AGE_S on the test stack (conftest.py)."""
@@ -205,29 +210,15 @@ async def test_a_delivery_never_answered_2xx_is_given_up_after_the_maximum_age(s
     assert MAX_AGE_S - 1.5 <= span <= MAX_AGE_S + 1.5
 
 
-async def _running_job(dsn: str, tenant_name: str) -> str:
-    """An accepted job of ``tenant_name`` with no records in Kafka: it runs until aborted."""
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-    assert pool is not None
-    try:
-        job_id = str(uuid.uuid4())
-        await jobs.create_receiving(pool, job_id, "sensor_readings", "insert", 1,
-                                    seal_within_s=60, tenant=tenant_name)
-        await jobs.seal(pool, job_id)
-        return job_id
-    finally:
-        await pool.close()
-
-
 async def test_an_aborted_job_is_delivered_and_a_deleted_endpoint_gets_nothing_more(
-    stack: Stack,
+    stack: Stack, db: asyncpg.Pool,
 ) -> None:
     name = tenant("d")
     async with receiver("200") as hooks, receiver("500") as failing, \
             tenant_client(stack, name) as http:
         kept = await register(http, hooks.url)
         dropped = await register(http, failing.url)
-        job_id = await _running_job(stack.dsn, name)
+        job_id = await job_running_until_aborted(db, name)
         async with http.delete(f"/v1/bulk-operations/{job_id}") as r:
             assert r.status == 202, await r.text()
         await eventually(arrived(failing), 10, "a first failed attempt")
